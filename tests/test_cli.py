@@ -1,0 +1,86 @@
+"""The CLI: JSON shapes, and bad arguments end with one sentence and a non-zero exit, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from policies.config import list_presets
+
+
+def run(*args, check=False):
+    proc = subprocess.run([sys.executable, "-m", "policies.cli", *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def assert_clean_error(proc, needle):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert needle in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 3  # argparse adds a usage line; ours is one sentence
+
+
+def test_scenarios_lists_every_preset():
+    out = json.loads(run("scenarios", "--json", check=True).stdout)
+    names = {p["preset"] for p in out["presets"]}
+    assert {"mato", "gmel", "aiecof", "ladts", "edgeaigc", "factory"} <= names == set(list_presets())
+    for p in out["presets"]:
+        assert p["policies"] and p["parameters"]
+
+
+def test_unknown_scenario():
+    assert_clean_error(run("evaluate", "--scenario", "nope", "--policies", "random"), "unknown scenario or preset 'nope'")
+
+
+def test_unknown_policy():
+    assert_clean_error(run("evaluate", "--scenario", "ladts", "--policies", "random,telepathy"), "unknown policy 'telepathy'")
+
+
+def test_bad_episode_count():
+    assert_clean_error(run("evaluate", "--scenario", "ladts", "--policies", "random", "--episodes", "0"), "must be at least 1")
+
+
+def test_malformed_trace(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("this is not a trace\n")
+    assert_clean_error(run("evaluate", "--scenario", "ladts", "--policies", "random", "--trace", str(bad)), "bad.jsonl")
+
+
+def test_trace_of_another_scenario(tmp_path):
+    path = tmp_path / "gmel.jsonl"
+    run("trace", "--scenario", "gmel", "--episodes", "1", "--seed", "0", "--out", str(path), check=True)
+    assert_clean_error(run("evaluate", "--scenario", "ladts", "--policies", "random", "--trace", str(path)),
+                       "made for scenario 'gmel'")
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("scenario: ladts\nslot_s: -1\n", "is invalid"),
+    ("scenario: ladts\n  : : [\n", "not valid YAML"),
+    ("- just\n- a list\n", "must be a YAML mapping"),
+    ("slot_s: 1\n", "must name its scenario"),
+    ("scenario: warp_drive\nslot_s: 1\n", "unknown scenario 'warp_drive'"),
+])
+def test_invalid_preset(tmp_path, body, needle):
+    path = tmp_path / "preset.yaml"
+    path.write_text(body)
+    assert_clean_error(run("evaluate", "--scenario", str(path), "--policies", "random"), needle)
+
+
+def test_unknown_override_field():
+    assert_clean_error(run("evaluate", "--scenario", "ladts", "--policies", "random", "--set", "warp=9"), "is invalid")
+
+
+def test_evaluate_json_shape_and_trace_replay(tmp_path):
+    trace = tmp_path / "ladts.jsonl"
+    run("trace", "--scenario", "ladts", "--episodes", "1", "--seed", "3", "--out", str(trace), check=True)
+    gen = json.loads(run("evaluate", "--scenario", "ladts", "--policies", "random,opt", "--episodes", "1",
+                         "--seed", "3", "--json", check=True).stdout)
+    rep = json.loads(run("evaluate", "--scenario", "ladts", "--policies", "random,opt", "--episodes", "1",
+                         "--seed", "3", "--trace", str(trace), "--json", check=True).stdout)
+    assert gen["scenario"] == "ladts" and gen["episodes"] == 1 and gen["seed"] == 3
+    assert set(gen["results"]) == {"random", "opt"}
+    assert gen["results"] == rep["results"]
+    assert gen["results"]["opt"]["latency_s"] < gen["results"]["random"]["latency_s"]
