@@ -14,7 +14,9 @@ from policies.scenarios.base import METRIC_KEYS
 @pytest.mark.parametrize("preset", list_presets())
 def test_every_heuristic_runs(preset):
     sim = make_simulator(preset)
-    res = evaluate(sim, list(sim.POLICIES), episodes=1, seed=11, progress=False)
+    # oracle and search baselines are exercised (and timed) in each scenario's own tests
+    heuristics = [p for p in sim.POLICIES if p not in ("opt", "pso", "ga")]
+    res = evaluate(sim, heuristics, episodes=1, seed=11, progress=False)
     for pol, metrics in res.results.items():
         known = [k for k in metrics if k in METRIC_KEYS]
         assert known, f"{preset}/{pol} reports none of {METRIC_KEYS}"

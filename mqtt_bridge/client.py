@@ -1,0 +1,671 @@
+"""paho-mqtt 2.x clients of the MQTT side, free of ROS.
+
+* :class:`BridgeClient`: the gateway side. Subscribes (QoS 1, persistent session) to every
+  device's request and status topic, validates every payload, answers every bad one with an
+  :class:`~mqtt_bridge.schemas.ErrorReply` on that device's error topic, hands valid requests to a
+  user callback (in its own thread) or a queue, and publishes decisions and results.
+* :class:`DeviceClient`: the camera side. Publishes requests and waits for the decision and the
+  result; keeps a retained online status with an offline last will.
+
+Both set ``TCP_NODELAY`` on their socket (with Nagle on, a QoS 1 request/reply round trip waits
+for delayed ACKs: ~44 ms instead of <1 ms on loopback), speak MQTT 5 by default (3.1.1 as an
+option), use TLS with a CA file (optional client certificate) and username/password.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import queue
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import ValidationError
+
+from .schemas import (
+    Decision,
+    DeviceStatus,
+    ErrorCode,
+    ErrorReply,
+    FieldIssue,
+    TaskRequest,
+    TaskResult,
+    utc_now,
+)
+from .topics import (
+    Channel,
+    DeviceAddress,
+    TopicError,
+    bridge_status_topic,
+    check_level,
+    parse_topic,
+    sibling_topic,
+    subscription,
+)
+
+log = logging.getLogger("mqtt_bridge")
+
+EXCERPT_BYTES = 200
+
+
+@dataclass
+class MqttSettings:
+    """How to reach the broker."""
+
+    host: str = "localhost"
+    port: int = 8883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = True
+    ca_file: str | None = None  # CA that signed the broker's certificate (None: system store)
+    certfile: str | None = None  # optional client certificate (PEM)
+    keyfile: str | None = None  # its key (PEM)
+    tls_check_hostname: bool = True
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = 30
+    session_expiry_s: int = 24 * 3600  # MQTT 5 persistent session lifetime while disconnected
+    tcp_nodelay: bool = True
+    reconnect_min_delay_s: int = 1
+    reconnect_max_delay_s: int = 16
+    connect_timeout_s: float = 10.0
+    max_inflight: int = 100
+
+
+class MqttRefused(ConnectionError):
+    """The broker refused the connection (bad credentials, not authorized, ...)."""
+
+
+class RequestRefused(RuntimeError):
+    """The bridge answered a request with an :class:`ErrorReply`."""
+
+    def __init__(self, reply: ErrorReply):
+        super().__init__(f"{reply.code.value}: {reply.reason}")
+        self.reply = reply
+
+
+def payload_excerpt(payload: bytes, limit: int = EXCERPT_BYTES) -> str:
+    text = payload[:limit].decode("utf-8", errors="replace")
+    return text + ("..." if len(payload) > limit else "")
+
+
+class _Endpoint:
+    """Connection handling shared by the bridge and the device clients."""
+
+    def __init__(self, settings: MqttSettings, client_id: str, *, persistent_session: bool,
+                 will: tuple[str, bytes] | None):
+        self.settings = settings
+        self.client_id = client_id
+        self._v5 = settings.protocol == "5"
+        self._persistent = persistent_session
+        proto = MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=proto,
+            clean_session=None if self._v5 else not persistent_session,
+        )
+        c = self._client
+        if settings.username is not None:
+            c.username_pw_set(settings.username, settings.password)
+        if settings.tls:
+            c.tls_set(ca_certs=settings.ca_file, certfile=settings.certfile, keyfile=settings.keyfile,
+                      cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            c.tls_insecure_set(not settings.tls_check_hostname)
+        if will is not None:
+            c.will_set(will[0], will[1], qos=1, retain=True)
+        c.reconnect_delay_set(settings.reconnect_min_delay_s, settings.reconnect_max_delay_s)
+        c.max_inflight_messages_set(settings.max_inflight)
+        c.max_queued_messages_set(0)
+        c.on_socket_open = self._on_socket_open
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message_safe
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        self.connected = threading.Event()
+        self._first_connack = threading.Event()
+        self._refused: ReasonCode | None = None
+        self._started = False
+        self._pub_lock = threading.Lock()
+        self._pub_waiters: dict[int, Future] = {}
+        self._pub_done: OrderedDict[int, ReasonCode] = OrderedDict()
+        self.connect_count = 0
+        self.subscribe_failures: list[tuple[str, str]] = []
+        self._sub_mids: dict[int, list[str]] = {}
+
+    # -- subclass hooks ---------------------------------------------------------------------
+    def _subscriptions(self) -> list[str]:
+        return []
+
+    def _after_connect(self, session_present: bool) -> None:
+        pass
+
+    def _handle_message(self, msg: mqtt.MQTTMessage) -> None:
+        pass
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self, wait: bool = True) -> None:
+        """Connect (in the background, retrying with backoff) and start the network thread.
+        With ``wait``, block until the first CONNACK; raise :class:`MqttRefused` if refused."""
+        s = self.settings
+        props = None
+        kwargs: dict[str, Any] = {}
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            if self._persistent:
+                props.SessionExpiryInterval = s.session_expiry_s
+            kwargs["clean_start"] = not self._persistent
+        self._first_connack.clear()
+        self._refused = None
+        self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s, properties=props, **kwargs)
+        self._client.loop_start()
+        self._started = True
+        if wait:
+            if not self._first_connack.wait(s.connect_timeout_s):
+                self.stop()
+                raise TimeoutError(f"{self.client_id}: no CONNACK from {s.host}:{s.port} "
+                                   f"within {s.connect_timeout_s} s")
+            if self._refused is not None:
+                reason = self._refused
+                self.stop()
+                raise MqttRefused(f"{self.client_id}: broker {s.host}:{s.port} refused the connection: {reason}")
+
+    def _before_stop(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        """Clean shutdown: no last will is sent (subclasses publish their offline status first)."""
+        if not self._started:
+            return
+        try:
+            self._before_stop()
+        finally:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._started = False
+            self.connected.clear()
+
+    def abort(self) -> None:
+        """Drop the TCP connection without DISCONNECT, as a crash or a pulled cable would: the broker
+        publishes the last will and keeps the persistent session. The client is unusable after."""
+        self._client.loop_stop()
+        sock = self._client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self._started = False
+        self.connected.clear()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- paho callbacks (network thread) ------------------------------------------------------
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        if self.settings.tcp_nodelay:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError) as exc:  # e.g. a unix or websocket transport
+                log.warning("%s: cannot set TCP_NODELAY: %s", self.client_id, exc)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._refused = reason_code
+            log.error("%s: connection refused: %s", self.client_id, reason_code)
+            if not self._first_connack.is_set():
+                self._first_connack.set()
+            return
+        self.connect_count += 1
+        log.info("%s: connected (session present: %s)", self.client_id, flags.session_present)
+        # Resubscribe on every connect: a persistent session keeps the subscriptions, but the
+        # session may have expired or the broker lost it.
+        topics = self._subscriptions()
+        if topics:
+            rc, mid = client.subscribe([(t, 1) for t in topics])
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                self._sub_mids[mid] = topics
+        self._after_connect(bool(flags.session_present))
+        self.connected.set()
+        self._first_connack.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        log.warning("%s: cannot reach %s:%s, retrying", self.client_id, self.settings.host, self.settings.port)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if reason_code is not None and getattr(reason_code, "is_failure", False):
+            log.warning("%s: disconnected: %s", self.client_id, reason_code)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        topics = self._sub_mids.pop(mid, [])
+        for topic, rc in zip(topics, reason_codes):
+            if rc.is_failure:
+                self.subscribe_failures.append((topic, str(rc)))
+                log.error("%s: subscription to %s refused: %s", self.client_id, topic, rc)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._pub_lock:
+            fut = self._pub_waiters.pop(mid, None)
+            if fut is None:
+                self._pub_done[mid] = reason_code
+                while len(self._pub_done) > 1000:
+                    self._pub_done.popitem(last=False)
+        if fut is not None:
+            fut.set_result(reason_code)
+
+    def _on_message_safe(self, client, userdata, msg) -> None:
+        try:
+            self._handle_message(msg)
+        except Exception:  # never let one payload stop the network thread
+            log.exception("%s: failed on a message on %s", self.client_id, msg.topic)
+
+    # -- publishing ---------------------------------------------------------------------------
+    def publish_raw(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
+                    wait_s: float | None = None) -> ReasonCode | mqtt.MQTTMessageInfo:
+        """Publish; with ``wait_s`` wait for the PUBACK and return its reason code (MQTT 5 reports
+        'Not authorized' for a publish the ACL denies; MQTT 3.1.1 cannot tell)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if wait_s is None:
+            return info
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+            raise ConnectionError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        if qos == 0:
+            info.wait_for_publish(wait_s)
+            return ReasonCode(PacketTypes.PUBACK, identifier=0)
+        with self._pub_lock:
+            rc = self._pub_done.pop(info.mid, None)
+            if rc is None:
+                fut: Future = Future()
+                self._pub_waiters[info.mid] = fut
+        if rc is not None:
+            return rc
+        try:
+            return fut.result(wait_s)
+        finally:
+            with self._pub_lock:
+                self._pub_waiters.pop(info.mid, None)
+
+
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IncomingRequest:
+    """A validated request handed to the bridge's user."""
+
+    request: TaskRequest
+    address: DeviceAddress
+    topic: str
+    received_monotonic_s: float = field(default_factory=time.monotonic)
+
+
+class BridgeClient(_Endpoint):
+    """The gateway side of the MQTT bridge (ROS-free).
+
+    ``on_request(IncomingRequest)`` runs in the bridge's dispatcher thread (never in paho's
+    network thread), so it may block briefly and may publish. Without ``on_request`` the valid
+    requests wait in a queue: call :meth:`get_request`. The message is acknowledged (PUBACK) once
+    it is in the hand-off queue.
+    """
+
+    def __init__(self, settings: MqttSettings, *, bridge_id: str = "bridge", enterprise: str = "factory",
+                 on_request: Callable[[IncomingRequest], None] | None = None,
+                 known_models: Iterable[str] | None = None, client_id: str | None = None,
+                 queue_size: int = 10_000, max_payload_bytes: int = 64 * 1024,
+                 dedupe_window: int = 10_000):
+        check_level(bridge_id, "bridge id")
+        check_level(enterprise, "enterprise")
+        self.bridge_id = bridge_id
+        self.enterprise = enterprise
+        self.status_topic = bridge_status_topic(bridge_id, enterprise)
+        will = DeviceStatus(device_id=bridge_id, state="offline", role="bridge",
+                            reason="connection lost (last will)").to_json()
+        super().__init__(settings, client_id or f"aigc-bridge-{bridge_id}", persistent_session=True,
+                         will=(self.status_topic, will))
+        self.on_request = on_request
+        self.known_models = frozenset(known_models) if known_models is not None else None
+        self.max_payload_bytes = max_payload_bytes
+        self._queue: queue.Queue[IncomingRequest | None] = queue.Queue(maxsize=queue_size)
+        self._addresses: dict[str, DeviceAddress] = {}
+        self._seen: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._dedupe_window = dedupe_window
+        self._lock = threading.Lock()
+        self.device_status: dict[str, DeviceStatus] = {}
+        self.stats: dict[str, int] = {"received": 0, "accepted": 0, "redelivered": 0, "errors": 0}
+        self.error_counts: dict[str, int] = {}
+        self._dispatcher: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self, wait: bool = True) -> None:
+        if self.on_request is not None and (self._dispatcher is None or not self._dispatcher.is_alive()):
+            self._dispatcher = threading.Thread(target=self._dispatch, name=f"{self.client_id}-dispatch",
+                                                daemon=True)
+            self._dispatcher.start()
+        super().start(wait)
+
+    def _before_stop(self) -> None:
+        if self.connected.is_set():
+            status = DeviceStatus(device_id=self.bridge_id, state="offline", role="bridge",
+                                  reason="clean shutdown", at=utc_now())
+            try:
+                self.publish_raw(self.status_topic, status.to_json(), retain=True, wait_s=2.0)
+            except Exception as exc:
+                log.warning("%s: could not publish offline status: %s", self.client_id, exc)
+
+    def stop(self) -> None:
+        super().stop()
+        self._stop_dispatcher()
+
+    def abort(self) -> None:
+        super().abort()
+        self._stop_dispatcher()
+
+    def _stop_dispatcher(self) -> None:
+        if self._dispatcher is not None and self._dispatcher.is_alive():
+            self._queue.put(None)
+            self._dispatcher.join(5)
+        self._dispatcher = None
+
+    def _subscriptions(self) -> list[str]:
+        return [subscription(Channel.request, self.enterprise), subscription(Channel.status, self.enterprise)]
+
+    def _after_connect(self, session_present: bool) -> None:
+        status = DeviceStatus(device_id=self.bridge_id, state="online", role="bridge", at=utc_now())
+        self._client.publish(self.status_topic, status.to_json(), qos=1, retain=True)
+
+    # -- hand-off -----------------------------------------------------------------------------
+    def get_request(self, timeout: float | None = None) -> IncomingRequest | None:
+        """Next valid request (only without ``on_request``); None on timeout."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        return item
+
+    def _dispatch(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self.on_request(item)  # type: ignore[misc]
+            except Exception:
+                log.exception("%s: on_request failed for task %s", self.client_id, item.request.task_id)
+
+    # -- incoming -------------------------------------------------------------------------------
+    def _handle_message(self, msg: mqtt.MQTTMessage) -> None:
+        self.stats["received"] += 1
+        payload = bytes(msg.payload)
+        try:
+            address, channel = parse_topic(msg.topic)
+        except TopicError as exc:
+            self._reply_error(msg.topic, ErrorCode.invalid_topic, str(exc), payload)
+            return
+        if channel == Channel.status:
+            self._handle_status(msg.topic, address, payload)
+        elif channel == Channel.request:
+            self._handle_request(msg.topic, address, payload)
+
+    def _decode(self, topic: str, address: DeviceAddress, payload: bytes) -> dict | None:
+        if len(payload) > self.max_payload_bytes:
+            self._reply_error(topic, ErrorCode.payload_too_large,
+                              f"payload is {len(payload)} bytes, the bridge accepts at most "
+                              f"{self.max_payload_bytes}", payload, address=address)
+            return None
+        try:
+            obj = json.loads(payload.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            self._reply_error(topic, ErrorCode.malformed_json, f"payload is not UTF-8: {exc}", payload,
+                              address=address)
+            return None
+        except (ValueError, RecursionError) as exc:
+            self._reply_error(topic, ErrorCode.malformed_json, f"payload is not valid JSON: {exc}", payload,
+                              address=address)
+            return None
+        if not isinstance(obj, dict):
+            self._reply_error(topic, ErrorCode.malformed_json,
+                              f"payload is a JSON {type(obj).__name__}, expected a JSON object", payload,
+                              address=address)
+            return None
+        return obj
+
+    def _handle_status(self, topic: str, address: DeviceAddress, payload: bytes) -> None:
+        if not payload:  # a retained status being cleared
+            return
+        obj = self._decode(topic, address, payload)
+        if obj is None:
+            return
+        try:
+            status = DeviceStatus.model_validate(obj)
+        except ValidationError as exc:
+            self._reply_schema_violation(topic, address, payload, obj, exc, "DeviceStatus")
+            return
+        if status.device_id != address.device:
+            self._reply_error(topic, ErrorCode.device_mismatch,
+                              f"status names device_id {status.device_id!r} but was published under "
+                              f"device {address.device!r}", payload, address=address)
+            return
+        with self._lock:
+            self.device_status[address.device] = status
+            self._addresses.setdefault(address.device, address)
+
+    def _handle_request(self, topic: str, address: DeviceAddress, payload: bytes) -> None:
+        obj = self._decode(topic, address, payload)
+        if obj is None:
+            return
+        try:
+            req = TaskRequest.model_validate(obj)
+        except ValidationError as exc:
+            self._reply_schema_violation(topic, address, payload, obj, exc, "TaskRequest")
+            return
+        if req.device_id != address.device:
+            self._reply_error(topic, ErrorCode.device_mismatch,
+                              f"request names device_id {req.device_id!r} but was published under device "
+                              f"{address.device!r}", payload, address=address, task_id=req.task_id)
+            return
+        if self.known_models is not None and req.model_name not in self.known_models:
+            self._reply_error(topic, ErrorCode.unknown_model,
+                              f"model {req.model_name!r} is not served here; known models: "
+                              f"{', '.join(sorted(self.known_models))}", payload, address=address,
+                              task_id=req.task_id)
+            return
+        digest = hashlib.blake2b(req.to_json(), digest_size=16).digest()  # canonical form, not raw bytes
+        key = (address.device, req.task_id)
+        with self._lock:
+            previous = self._seen.get(key)
+            if previous is None:
+                self._seen[key] = digest
+                while len(self._seen) > self._dedupe_window:
+                    self._seen.popitem(last=False)
+            self._addresses[address.device] = address
+        if previous is not None:
+            if previous == digest:
+                # The same request again: a QoS 1 redelivery (or a device retry); it is already
+                # being handled and its answer will come on the decision/result topics.
+                self.stats["redelivered"] += 1
+                log.info("%s: request %s/%s delivered again; already handled", self.client_id,
+                         address.device, req.task_id)
+            else:
+                self._reply_error(topic, ErrorCode.duplicate_task,
+                                  f"task_id {req.task_id!r} was already used by a different request of "
+                                  f"this device", payload, address=address, task_id=req.task_id)
+            return
+        try:
+            self._queue.put_nowait(IncomingRequest(req, address, topic))
+        except queue.Full:
+            with self._lock:
+                self._seen.pop(key, None)
+            self._reply_error(topic, ErrorCode.overloaded,
+                              f"the bridge has {self._queue.maxsize} requests waiting; retry later",
+                              payload, address=address, task_id=req.task_id)
+            return
+        self.stats["accepted"] += 1
+
+    def _reply_schema_violation(self, topic, address, payload, obj, exc: ValidationError, kind: str) -> None:
+        issues = []
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            issues.append(FieldIssue(field=loc, message=err.get("msg", "")))
+        summary = "; ".join(f"{i.field or '(payload)'}: {i.message}" for i in issues[:5])
+        if len(issues) > 5:
+            summary += f"; and {len(issues) - 5} more"
+        task_id = obj.get("task_id") if isinstance(obj.get("task_id"), str) else None
+        self._reply_error(topic, ErrorCode.schema_violation,
+                          f"payload is not a valid {kind} ({len(issues)} problem(s)): {summary}",
+                          payload, address=address, task_id=task_id, issues=issues[:50])
+
+    def _reply_error(self, topic: str, code: ErrorCode, reason: str, payload: bytes, *,
+                     address: DeviceAddress | None = None, task_id: str | None = None,
+                     issues: list[FieldIssue] | None = None) -> None:
+        self.stats["errors"] += 1
+        self.error_counts[code.value] = self.error_counts.get(code.value, 0) + 1
+        if address is not None:
+            err_topic, device = address.topic(Channel.error), address.device
+        else:
+            err_topic = sibling_topic(topic, Channel.error)
+            parts = topic.split("/")
+            device = parts[3] if len(parts) == 6 else None
+        log.warning("%s: %s on %s: %s", self.client_id, code.value, topic, reason)
+        if err_topic is None:
+            log.error("%s: cannot derive an error topic from %r; error not delivered", self.client_id, topic)
+            return
+        reply = ErrorReply(code=code, reason=reason[:2048], task_id=task_id[:256] if task_id else None,
+                           device_id=device[:256] if device else None, topic=topic[:1024],
+                           payload_excerpt=payload_excerpt(payload), issues=issues or [])
+        self._client.publish(err_topic, reply.to_json(), qos=1)
+
+    # -- outgoing -------------------------------------------------------------------------------
+    def address_of(self, device_id: str) -> DeviceAddress:
+        with self._lock:
+            addr = self._addresses.get(device_id)
+        if addr is None:
+            raise KeyError(f"no request or status seen from device {device_id!r}; pass its address")
+        return addr
+
+    def _publish_to_device(self, model, channel: Channel, address: DeviceAddress | None,
+                           wait_s: float | None):
+        address = address or self.address_of(model.device_id)
+        if address.device != model.device_id:
+            raise ValueError(f"{channel.value} for device {model.device_id!r} addressed to {address.device!r}")
+        return self.publish_raw(address.topic(channel), model.to_json(), qos=1, wait_s=wait_s)
+
+    def publish_decision(self, decision: Decision, address: DeviceAddress | None = None,
+                         wait_s: float | None = None):
+        """Send a decision to its device (QoS 1). Thread-safe."""
+        return self._publish_to_device(decision, Channel.decision, address, wait_s)
+
+    def publish_result(self, result: TaskResult, address: DeviceAddress | None = None,
+                       wait_s: float | None = None):
+        """Send a task's terminal state to its device (QoS 1). Thread-safe."""
+        return self._publish_to_device(result, Channel.result, address, wait_s)
+
+
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TaskHandle:
+    """What a device waits on for one request."""
+
+    task_id: str
+    decision: Future = field(default_factory=Future)  # -> Decision, or RequestRefused
+    result: Future = field(default_factory=Future)  # -> TaskResult, or RequestRefused
+
+
+class DeviceClient(_Endpoint):
+    """A camera-like device: publishes :class:`TaskRequest` s and awaits decisions and results."""
+
+    def __init__(self, settings: MqttSettings, address: DeviceAddress, *, client_id: str | None = None,
+                 persistent_session: bool = True):
+        self.address = address
+        will = DeviceStatus(device_id=address.device, state="offline",
+                            reason="connection lost (last will)").to_json()
+        super().__init__(settings, client_id or f"aigc-dev-{address.device}",
+                         persistent_session=persistent_session, will=(address.topic(Channel.status), will))
+        self._handles: dict[str, TaskHandle] = {}
+        self._hlock = threading.Lock()
+        self.unmatched: queue.Queue = queue.Queue()  # decisions/results/errors for no pending task
+        self._ids = itertools.count(1)
+
+    def _subscriptions(self) -> list[str]:
+        return [self.address.topic(c) for c in (Channel.decision, Channel.result, Channel.error)]
+
+    def _after_connect(self, session_present: bool) -> None:
+        status = DeviceStatus(device_id=self.address.device, state="online", at=utc_now())
+        self._client.publish(self.address.topic(Channel.status), status.to_json(), qos=1, retain=True)
+
+    def _before_stop(self) -> None:
+        if self.connected.is_set():
+            status = DeviceStatus(device_id=self.address.device, state="offline", reason="clean shutdown",
+                                  at=utc_now())
+            try:
+                self.publish_raw(self.address.topic(Channel.status), status.to_json(), retain=True, wait_s=2.0)
+            except Exception as exc:
+                log.warning("%s: could not publish offline status: %s", self.client_id, exc)
+
+    def new_task_id(self) -> str:
+        return f"{self.address.device}-{uuid.uuid4().hex[:8]}-{next(self._ids)}"
+
+    def submit(self, request: TaskRequest) -> TaskHandle:
+        """Publish a request (QoS 1) and return the futures of its decision and result."""
+        if request.device_id != self.address.device:
+            raise ValueError(f"request for device {request.device_id!r} sent by {self.address.device!r}")
+        handle = TaskHandle(request.task_id)
+        with self._hlock:
+            self._handles[request.task_id] = handle
+        self.publish_raw(self.address.topic(Channel.request), request.to_json(), qos=1)
+        return handle
+
+    def request(self, request: TaskRequest, timeout_s: float = 10.0) -> Decision:
+        """Publish a request and wait for its decision; raises :class:`RequestRefused` on an error reply."""
+        return self.submit(request).decision.result(timeout_s)
+
+    def _handle_message(self, msg: mqtt.MQTTMessage) -> None:
+        try:
+            _, channel = parse_topic(msg.topic)
+            model = {Channel.decision: Decision, Channel.result: TaskResult,
+                     Channel.error: ErrorReply}[channel]
+            item = model.model_validate_json(msg.payload)
+        except (TopicError, KeyError, ValidationError) as exc:
+            log.warning("%s: ignoring invalid payload on %s: %s", self.client_id, msg.topic, exc)
+            return
+        task_id = item.task_id
+        with self._hlock:
+            handle = self._handles.get(task_id) if task_id else None
+            if handle is not None and (isinstance(item, (TaskResult, ErrorReply))):
+                self._handles.pop(task_id, None)
+        if handle is None:
+            self.unmatched.put(item)
+            return
+        if isinstance(item, Decision):
+            if not handle.decision.done():
+                handle.decision.set_result(item)
+        elif isinstance(item, TaskResult):
+            if not handle.decision.done():
+                handle.decision.set_exception(RuntimeError(f"task {task_id} ended ({item.state.value}) "
+                                                           f"without a decision"))
+            if not handle.result.done():
+                handle.result.set_result(item)
+        else:
+            exc = RequestRefused(item)
+            for fut in (handle.decision, handle.result):
+                if not fut.done():
+                    fut.set_exception(exc)
