@@ -67,7 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res.to_json()))
     else:
-        print(res.table())
+        print(res.table(all_metrics=args.all_metrics))
     return 0
 
 
@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trace", help="replay this trace file instead of generating the workload")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset field (dotted keys)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (every metric)")
+    p.add_argument("--all-metrics", action="store_true", help="table: also the scenario's own metrics")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("trace", help="write the workload a scenario generates to a trace file")

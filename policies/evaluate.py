@@ -64,9 +64,9 @@ class Evaluation:
             "wall_s": self.wall_s,
         }
 
-    def table(self) -> str:
+    def table(self, all_metrics: bool = False) -> str:
         metrics = [m for m in METRIC_KEYS if any(m in r for r in self.results.values())]
-        extra = sorted({m for r in self.results.values() for m in r} - set(METRIC_KEYS))
+        extra = sorted({m for r in self.results.values() for m in r} - set(METRIC_KEYS)) if all_metrics else []
         cols = metrics + extra
         head = ["policy"] + cols
         rows = [head]
