@@ -16,6 +16,7 @@ from policies.errors import PresetError, TraceError
 from policies.evaluate import evaluate, load_trace_workloads, run_episode, save_trace
 from policies.heuristics import make_policy
 from policies.scenarios.base import OffloadDecision, Policy
+from policies.scenarios import make_simulator
 from policies.scenarios.ladts import LadtsEnv, LadtsSimulator, OptTsPolicy, capacities_ghz, rates_mbps, task_profiles
 from policies.workload import Workload, episode_rng
 
@@ -78,7 +79,7 @@ def test_sweep_overrides_keep_prefixes():
     z = task_profiles(load_preset("ladts", {"quality_max": 5}))[1]
     assert z.min() >= 1 and z.max() <= 4
     sim = _sim(num_stations=30)
-    assert sim.obs_dim() == 32 and LadtsSimulator.obs_dim() == 22
+    assert sim.obs_dim() == 32 and make_simulator("ladts").obs_dim() == 22
     with pytest.raises(PresetError, match="capacity_ghz_min must not exceed"):
         load_preset("ladts", {"capacity_ghz_max": 5})
 

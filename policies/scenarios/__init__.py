@@ -41,9 +41,12 @@ def scenario_class(name: str):
     return getattr(mod, cls)
 
 
-def make_simulator(preset_name_or_path, overrides=None):
-    """Load a preset and build its scenario's simulator."""
+def make_simulator(preset_name_or_path, overrides=None, expect: str | None = None):
+    """Load a preset and build its scenario's simulator; ``expect`` names the scenario it must be."""
     from policies.config import load_preset
+    from policies.errors import PresetError
 
-    preset = load_preset(preset_name_or_path, overrides)
+    preset = load_preset(preset_name_or_path, overrides or None)
+    if expect is not None and preset.scenario != expect:
+        raise PresetError(f"preset '{preset_name_or_path}' is for scenario '{preset.scenario}', not '{expect}'")
     return scenario_class(preset.scenario)(preset)

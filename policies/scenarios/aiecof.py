@@ -44,7 +44,7 @@ from policies.cost import (
     transmission_energy_j,
     whole_slots,
 )
-from policies.errors import PresetError, TraceError
+from policies.errors import TraceError
 from policies.scenarios.base import ObsField, OffloadDecision, OffloadView, Policy, Simulator
 from policies.workload import Workload, episode_rng
 
@@ -797,12 +797,9 @@ class AiecofEnv(ParallelEnv):
     metadata = {"name": "aiecof_v0", "render_modes": []}
 
     def __init__(self, preset: str = "aiecof", seed: int | None = None, **overrides: Any):
-        from policies.config import load_preset
+        from policies.scenarios import make_simulator
 
-        loaded = load_preset(preset, overrides or None)
-        if not isinstance(loaded, Preset):
-            raise PresetError(f"preset '{preset}' is for scenario '{loaded.scenario}', not 'aiecof'")
-        self.sim = AiecofSimulator(loaded)
+        self.sim = make_simulator(preset, overrides, expect="aiecof")
         self.possible_agents = [f"device_{m}" for m in range(self.sim.M)]
         self.agents: list[str] = []
         self._obs_space = spaces.Box(0.0, np.inf, shape=(self.sim.obs_dim(),), dtype=np.float32)

@@ -141,9 +141,9 @@ class Simulator(ABC):
     def observation(self, view: Any) -> np.ndarray:
         """float32 matrix, one row per pending decision, laid out as ``OBS_LAYOUT``."""
 
-    @classmethod
-    def obs_dim(cls) -> int:
-        return sum(f.width for f in cls.OBS_LAYOUT)
+    def obs_dim(self) -> int:
+        """Width of an observation row; layouts that depend on the preset's sizes are set per instance."""
+        return sum(f.width for f in self.OBS_LAYOUT)
 
     # -- policies ---------------------------------------------------------------------------
     def scenario_policy(self, name: str) -> "Policy | None":

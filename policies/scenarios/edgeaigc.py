@@ -15,7 +15,7 @@ the problem is a contextual bandit, so the per-slot minimiser of G(t) (eq. 15) i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -44,7 +44,7 @@ from policies.cost import (
     weighted_time_cost,
     zipf_probabilities,
 )
-from policies.errors import PresetError, TraceError
+from policies.errors import TraceError
 from policies.scenarios.base import ObsField, Policy, Simulator
 from policies.workload import Workload, episode_rng
 
@@ -930,14 +930,11 @@ class EdgeAigcEnv(gym.Env):
     metadata = {"name": "edgeaigc", "render_modes": []}
 
     def __init__(self, preset: str = "edgeaigc", seed: int | None = None, **overrides: Any):
-        from policies.config import load_preset
+        from policies.scenarios import make_simulator
 
-        loaded = load_preset(preset, overrides or None)
-        if not isinstance(loaded, Preset):
-            raise PresetError(f"preset '{preset}' is for scenario '{loaded.scenario}', not 'edgeaigc'")
-        self.sim = EdgeAigcSimulator(loaded)
+        self.sim = make_simulator(preset, overrides, expect="edgeaigc")
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.sim.obs_dim(),), dtype=np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(loaded.action_dim,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.sim.preset.action_dim,), dtype=np.float32)
         self._seed = 0 if seed is None else int(seed)
         self._episode = 0
         self.last_decision: AllocationDecision | None = None

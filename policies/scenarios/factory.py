@@ -24,7 +24,7 @@ Equations (cost model functions in policies.cost):
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -52,7 +52,7 @@ from policies.cost import (
     transmission_energy_j,
     zipf_probabilities,
 )
-from policies.errors import PresetError, TraceError
+from policies.errors import TraceError
 from policies.scenarios.base import ObsField, OffloadDecision, OffloadView, Policy, Simulator
 from policies.workload import Workload, episode_rng
 
@@ -748,13 +748,10 @@ class FactoryEnv(gym.Env):
     metadata = {"name": "factory", "render_modes": []}
 
     def __init__(self, preset: str = "factory", seed: int | None = None, **overrides: Any):
-        from policies.config import load_preset
+        from policies.scenarios import make_simulator
 
-        loaded = load_preset(preset, overrides or None)
-        if not isinstance(loaded, Preset):
-            raise PresetError(f"preset '{preset}' is for scenario '{loaded.scenario}', not 'factory'")
-        self.sim = FactorySimulator(loaded)
-        self.levels = np.asarray(loaded.share_levels, dtype=np.float64)
+        self.sim = make_simulator(preset, overrides, expect="factory")
+        self.levels = np.asarray(self.sim.preset.share_levels, dtype=np.float64)
         self.observation_space = gym.spaces.Box(0.0, 1e6, shape=(self.sim.obs_dim(),), dtype=np.float32)
         self.action_space = gym.spaces.MultiDiscrete([self.sim.K, self.levels.size, 2])
         self._seed = 0 if seed is None else int(seed)

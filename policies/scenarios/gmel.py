@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 
 from policies import cost
 from policies.config import PresetBase
-from policies.errors import PresetError, TraceError
+from policies.errors import TraceError
 from policies.scenarios.base import ObsField, OffloadDecision, OffloadView, Policy, Simulator
 from policies.workload import Workload, episode_rng
 
@@ -654,9 +654,7 @@ class GmelEnv(ParallelEnv):
     def __init__(self, preset: str = "gmel", seed: int | None = None, **overrides: Any):
         from policies.scenarios import make_simulator
 
-        sim = make_simulator(preset, overrides)
-        if not isinstance(sim, GmelSimulator):
-            raise PresetError(f"preset '{preset}' is not a gmel preset")
+        sim = make_simulator(preset, overrides, expect="gmel")
         self.sim = sim
         self.possible_agents = [f"ied_{i}" for i in range(sim.I)]
         self.agents: list[str] = []

@@ -18,7 +18,7 @@ oracle) does. After the slot, eq. 4 updates the backlogs.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -33,7 +33,7 @@ from policies.cost import (
     transmission_delay_s,
     work_ahead_grouped,
 )
-from policies.errors import PresetError, TraceError
+from policies.errors import TraceError
 from policies.heuristics import RoundRobinPolicy
 from policies.scenarios.base import ObsField, OffloadDecision, OffloadView, Policy, Simulator
 from policies.workload import Workload, episode_rng
@@ -114,14 +114,6 @@ def task_profiles(p: Preset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # Simulator
 # --------------------------------------------------------------------------------------------
-class _LayoutDim:
-    """``obs_dim()`` on the class (default B = 20) or on an instance (its preset's B)."""
-
-    def __get__(self, obj: Any, owner: type) -> Any:
-        layout = (obj if obj is not None else owner).OBS_LAYOUT
-        return lambda: sum(f.width for f in layout)
-
-
 def _obs_layout(num_stations: int) -> tuple[ObsField, ...]:
     """LAD-TS eq. 6: s = [d_n, w_n, q_{t-1,0..B-1}], raw units (the paper does not normalise)."""
     return (
@@ -154,7 +146,6 @@ class LadtsSimulator(Simulator):
     POLICIES = ("random", "round_robin", "greedy", "opt")
     MULTI_AGENT = False
     OBS_LAYOUT = _obs_layout(20)
-    obs_dim = _LayoutDim()
 
     def __init__(self, preset: Preset):
         super().__init__(preset)
@@ -421,12 +412,9 @@ class LadtsEnv(gym.Env):
     metadata = {"name": "ladts", "render_modes": []}
 
     def __init__(self, preset: str = "ladts", seed: int | None = None, **overrides: Any):
-        from policies.config import load_preset
+        from policies.scenarios import make_simulator
 
-        loaded = load_preset(preset, overrides or None)
-        if not isinstance(loaded, Preset):
-            raise PresetError(f"preset '{preset}' is for scenario '{loaded.scenario}', not 'ladts'")
-        self.sim = LadtsSimulator(loaded)
+        self.sim = make_simulator(preset, overrides, expect="ladts")
         B = self.sim.B
         self.observation_space = gym.spaces.Box(0.0, np.inf, shape=(self.sim.obs_dim(),), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(B)

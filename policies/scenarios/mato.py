@@ -31,7 +31,7 @@ from scipy.optimize import linear_sum_assignment
 
 from policies import cost
 from policies.config import PresetBase
-from policies.errors import PresetError, TraceError
+from policies.errors import TraceError
 from policies.scenarios.base import ObsField, OffloadDecision, OffloadView, Policy, Simulator
 from policies.workload import Workload, episode_rng
 
@@ -563,9 +563,7 @@ class MatoEnv(ParallelEnv):
     def __init__(self, preset: str = "mato", seed: int | None = None, **overrides: Any):
         from policies.scenarios import make_simulator
 
-        sim = make_simulator(preset, overrides)
-        if not isinstance(sim, MatoSimulator):
-            raise PresetError(f"preset '{preset}' is not a mato preset")
+        sim = make_simulator(preset, overrides, expect="mato")
         self.sim = sim
         self.possible_agents = [f"ed_{m}" for m in range(sim.M)]
         self.agents: list[str] = []
