@@ -85,3 +85,11 @@ def test_evaluate_json_shape_and_trace_replay(tmp_path):
     assert set(gen["results"]) == {"random", "opt"}
     assert gen["results"] == rep["results"]
     assert gen["results"]["opt"]["latency_s"] < gen["results"]["random"]["latency_s"]
+
+
+def test_bench_env_json_shape():
+    out = json.loads(run("bench", "env", "--json", check=True).stdout)
+    assert set(out["scenarios"]) == {"mato", "gmel", "aiecof", "ladts", "edgeaigc", "factory"}
+    for name, r in out["scenarios"].items():
+        assert r["decisions"] > 0 and r["decisions_per_s"] > 0, name
+    assert out["ladts_opt_episode_s"] > 0 and out["ladts_opt"]["tasks"] > 20000
