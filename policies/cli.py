@@ -71,6 +71,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from policies.train.registry import train  # imports torch only when the trainer loads
+
+    row = train(args.algo, args.scenario, args.seed, args.out, _parse_overrides(args.set), args.episodes,
+                command=["aigc-offload", *sys.argv[1:]], progress=False if args.no_progress else None)
+    if row:
+        print(f"trained {args.algo} to episode {row['episode'] + 1} in {args.out}: reward {row['reward']:.4g}, "
+              f"latency {row['latency_s']:.4g} s, completion {row['completion_rate']:.2%}")
+    else:
+        print(f"{args.out} already holds every requested episode; nothing to train")
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from policies.evaluate import generate_workloads, save_trace
     from policies.scenarios import make_simulator
@@ -111,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object (every metric)")
     p.add_argument("--all-metrics", action="store_true", help="table: also the scenario's own metrics")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a learned policy (needs torch); resumes if --out holds a checkpoint")
+    p.add_argument("--scenario", required=True, help="preset name or preset YAML path")
+    p.add_argument("--algo", required=True, help="maddpg, maddpg_nomodel, saddpg")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=_positive_int, help="total episodes (default: the algorithm's)")
+    p.add_argument("--out", required=True, help="run directory: checkpoint.pt, metrics.csv, config.json")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override an algorithm config field (e.g. batch_size=64) or a preset field")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("trace", help="write the workload a scenario generates to a trace file")
     p.add_argument("--scenario", required=True)
