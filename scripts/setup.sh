@@ -44,5 +44,7 @@ spec="."
 # ROS 2 Kilted (PyPI wheels) + the interface package (~40-75 s the first time, <1 s when up to date).
 if [ "${AIGC_SKIP_ROS:-0}" != "1" ]; then
   scripts/build_ros_interfaces.sh "$root/.venv"
+  # the ament_python package (nodes); installed editable so no colcon/sourcing is needed here
+  .venv/bin/python -m pip install --quiet -e ros2_ws/src/aigc_offload
 fi
 echo "aigc_offload is set up in $root/.venv"

@@ -1,0 +1,190 @@
+"""The cloud model server: a thin rclpy lifecycle node over ``model_catalog``.
+
+Lifecycle:
+- configure: loads and verifies the catalog from parameter ``catalog_dir``; a missing directory,
+  a bad index or a file that does not match its manifest fails the transition with one log line.
+- activate: creates the services ``~/list_models`` (ListModels) and ``~/fetch_model_chunk``
+  (FetchModelChunk); deactivate/cleanup/shutdown destroy them.
+
+Parameters: ``catalog_dir`` (str), ``max_chunk_bytes`` (int, default 1 MiB; larger requests are
+served in pieces of this size), ``autostart`` (bool, default false: configure and activate
+without an external lifecycle manager).
+
+Run: ``python -m aigc_offload.cloud_model_server --ros-args -p catalog_dir:=/path``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from aigc_offload_interfaces.msg import ModelManifest as ModelManifestMsg
+from aigc_offload_interfaces.srv import FetchModelChunk, ListModels
+
+from .model_catalog import CatalogError, ModelCatalog
+
+NODE_NAME = "cloud_model_server"
+DEFAULT_MAX_CHUNK_BYTES = 1 << 20
+
+
+class CloudModelServer(LifecycleNode):
+    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.declare_parameter("catalog_dir", "")
+        self.declare_parameter("max_chunk_bytes", DEFAULT_MAX_CHUNK_BYTES)
+        self.declare_parameter("autostart", False)
+        self.catalog: ModelCatalog | None = None
+        self.max_chunk_bytes = DEFAULT_MAX_CHUNK_BYTES
+        self._data_services: list = []
+        self.chunks_served = 0
+        if self.get_parameter("autostart").value:
+            self._autostart_timer = self.create_timer(0.0, self._autostart)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _autostart(self) -> None:
+        self.destroy_timer(self._autostart_timer)
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        catalog_dir = str(self.get_parameter("catalog_dir").value or "")
+        max_chunk = int(self.get_parameter("max_chunk_bytes").value)
+        if max_chunk <= 0:
+            self.get_logger().error(f"Refusing to configure: max_chunk_bytes must be positive, got {max_chunk}.")
+            return TransitionCallbackReturn.FAILURE
+        if not catalog_dir:
+            self.get_logger().error("Refusing to configure: parameter catalog_dir is not set.")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            catalog = ModelCatalog.load(catalog_dir)
+        except CatalogError as exc:
+            self.get_logger().error(f"Refusing to configure: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.catalog, self.max_chunk_bytes = catalog, max_chunk
+        self.get_logger().info(
+            f"Catalog {catalog_dir} loaded and verified: {len(catalog)} model(s): "
+            + ", ".join(f"{m.name}@{m.version}" for m in catalog.manifests()))
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._data_services = [
+            self.create_service(ListModels, "~/list_models", self._on_list_models),
+            self.create_service(FetchModelChunk, "~/fetch_model_chunk", self._on_fetch_chunk),
+        ]
+        self.get_logger().info("Active: serving ~/list_models and ~/fetch_model_chunk.")
+        return super().on_activate(state)
+
+    def _drop_services(self) -> None:
+        for srv in self._data_services:
+            self.destroy_service(srv)
+        self._data_services = []
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._drop_services()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._drop_services()
+        self.catalog = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._drop_services()
+        self.catalog = None
+        return TransitionCallbackReturn.SUCCESS
+
+    # -- services --------------------------------------------------------------------------
+    def _on_list_models(self, request, response):
+        for m in self.catalog.manifests() if self.catalog else []:
+            response.manifests.append(ModelManifestMsg(
+                name=m.name, version=m.version, size_bytes=m.size_bytes, sha256=m.sha256, kind=m.kind))
+        return response
+
+    def _on_fetch_chunk(self, request, response):
+        if self.catalog is None:
+            response.ok, response.error = False, "cloud model server is not configured"
+            return response
+        try:
+            m, data = self.catalog.read_chunk(
+                request.name, request.version, int(request.offset),
+                min(int(request.max_bytes), self.max_chunk_bytes))
+        except CatalogError as exc:
+            response.ok, response.error = False, f"{type(exc).__name__}: {exc}"
+            return response
+        except OSError as exc:
+            self.get_logger().error(f"Reading {request.name}@{request.version}: {exc}")
+            response.ok, response.error = False, f"read failed: {exc}"
+            return response
+        response.ok = True
+        response.data = data
+        response.offset = request.offset
+        response.total_size_bytes = m.size_bytes
+        response.version = m.version
+        response.sha256 = m.sha256
+        response.eof = request.offset + len(data) >= m.size_bytes
+        self.chunks_served += 1
+        return response
+
+
+class FetchChunkError(RuntimeError):
+    """The FetchModelChunk service answered ok=false or did not answer in time."""
+
+
+def ros_fetch_chunk(node, client, timeout_s: float = 5.0, spin: bool = True, executor=None):
+    """A ``model_fetch`` transport over a ``FetchModelChunk`` client.
+
+    ``spin=True`` spins ``node`` until the reply arrives, with ``executor`` or a private
+    single-threaded executor on the node's context (the caller spins nothing else);
+    ``spin=False`` waits on the future (an executor spins ``node`` in another thread).
+    """
+    if spin and executor is None:
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
+
+    def fetch_chunk(name: str, version: str, offset: int, max_bytes: int):
+        fut = client.call_async(FetchModelChunk.Request(
+            name=name, version=version, offset=offset, max_bytes=max_bytes))
+        if spin:
+            executor.spin_until_future_complete(fut, timeout_sec=timeout_s)
+        else:
+            done = threading.Event()
+            fut.add_done_callback(lambda _f: done.set())
+            done.wait(timeout_s)
+        if not fut.done():
+            fut.cancel()
+            raise FetchChunkError(f"no FetchModelChunk reply within {timeout_s} s at offset {offset}")
+        resp = fut.result()
+        if not resp.ok:
+            raise FetchChunkError(resp.error)
+        return bytes(resp.data), int(resp.total_size_bytes), resp.sha256, bool(resp.eof)
+
+    return fetch_chunk
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)  # rclpy's handlers turn SIGINT and SIGTERM into a context shutdown
+    node = None
+    try:
+        node = CloudModelServer()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            if node.context.ok():
+                node.get_logger().info("Shutting down.")
+            else:  # a signal already shut the context down: rosout is gone, log to stderr
+                print(f"[INFO] [{NODE_NAME}]: Shutting down.", file=sys.stderr, flush=True)
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
