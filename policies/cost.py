@@ -169,18 +169,15 @@ def fifo_finish_times_grouped(queue, arrival_s, service_s, free_at_s) -> np.ndar
         return a.copy()
     order = np.argsort(q, kind="stable")
     qs, as_, ss = q[order], a[order], s[order]
-    csum = np.cumsum(ss)
     first = np.r_[True, qs[1:] != qs[:-1]]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(qs.size), 0))
-    base = np.where(group_start > 0, csum[group_start - 1], 0.0)
-    S = csum - base  # within-queue cumulative service
-    prev = S - ss
-    key = np.maximum(as_ - prev, free[qs])
-    # running max restarted at each queue: offset each group so accumulate cannot leak across
-    offset = np.cumsum(first) * (np.abs(key).max() + S.max() + 1.0) * 4
-    start_bound = np.maximum.accumulate(key + offset) - offset
+    # One cumsum and running max per queue slice keeps the recursion exact (the number of queues
+    # is the number of servers or devices, not of tasks).
+    finish = np.empty_like(as_)
+    bounds = np.r_[np.flatnonzero(first), qs.size]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        finish[lo:hi] = fifo_finish_times(as_[lo:hi], ss[lo:hi], float(free[qs[lo]]))
     out = np.empty_like(a)
-    out[order] = S + start_bound
+    out[order] = finish
     return out
 
 
