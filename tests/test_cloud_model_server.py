@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import random
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ros_env import ros_child_env
 
 ROS_OK = (importlib.util.find_spec("rclpy") is not None
           and importlib.util.find_spec("aigc_offload_interfaces") is not None)
@@ -156,15 +156,6 @@ def test_node_refuses_to_configure_on_a_mismatched_catalog(tmp_path):
 
 
 # -- integration over real DDS ---------------------------------------------------------------
-def _child_env(domain_id: int) -> dict[str, str]:
-    env = dict(os.environ)
-    for var in ("ROS_LOCALHOST_ONLY", "ROS_STATIC_PEERS", "FASTRTPS_DEFAULT_PROFILES_FILE",
-                "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION"):
-        env.pop(var, None)
-    env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
-    env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               PYTHONUNBUFFERED="1")
-    return env
 
 
 @needs_ros
@@ -190,7 +181,7 @@ def test_cloud_model_server_over_dds_lifecycle_and_resumed_download(tmp_path, mo
     server = subprocess.Popen(
         [sys.executable, "-m", "aigc_offload.cloud_model_server", "--ros-args",
          "-p", f"catalog_dir:={cat_dir}", "-p", "max_chunk_bytes:=524288"],
-        env=_child_env(domain_id), cwd=tmp_path, stdin=subprocess.DEVNULL,
+        env=ros_child_env(domain_id), cwd=tmp_path, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     ctx = Context()
     rclpy.init(context=ctx, domain_id=domain_id)

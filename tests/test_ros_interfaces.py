@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import random
 import subprocess
 import sys
 import time
 
 import pytest
+from ros_env import ros_child_env
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("aigc_offload_interfaces") is None
@@ -201,16 +201,6 @@ sys.exit(code)
 '''
 
 
-def _env(domain_id: int) -> dict[str, str]:
-    env = dict(os.environ)
-    for var in ("ROS_LOCALHOST_ONLY", "ROS_STATIC_PEERS", "FASTRTPS_DEFAULT_PROFILES_FILE",
-                "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION"):
-        env.pop(var, None)
-    # Let each child's ROS bootstrapper set LD_LIBRARY_PATH for this interpreter's venv.
-    env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
-    env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               PYTHONUNBUFFERED="1")
-    return env
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -227,7 +217,7 @@ def _json_lines(text: str) -> list[dict]:
 
 def test_task_request_and_fetch_model_chunk_between_processes(tmp_path):
     domain_id = random.randint(100, 200)
-    env = _env(domain_id)
+    env = ros_child_env(domain_id)
     script = tmp_path / "ros_child.py"
     script.write_text(CHILD)
     spec = json.dumps({

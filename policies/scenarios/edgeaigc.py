@@ -278,7 +278,6 @@ class AllocationDecision:
 def served_masks(cache: np.ndarray, assoc: np.ndarray, model: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mask (B,E,U): user i sends to ES j, hit (B,U): its ES caches Z_i) for B candidate decisions."""
     B, E, _ = cache.shape
-    U = model.shape[0]
     mask = assoc[:, None, :] == np.arange(E)[None, :, None]
     hit = cache[np.arange(B)[:, None], assoc, model[None, :]]
     return mask, hit
@@ -731,7 +730,7 @@ def uplink_shares(p: Preset, view: AllocationView, assoc: np.ndarray, iterations
     """(E, U) alpha minimising sum_i d_i / R_up_i(alpha_i) per ES (spec 4.4 (iv)): the KKT fixed point
     alpha_i ~ sqrt(d_i / c_i(alpha_i)), c_i = W log2(1 + rho_i / alpha_i) (EdgeAIGC eq. 7), each step
     the sqrt rule of cost.sqrt_optimal_shares with c frozen; starts from equal shares."""
-    E, U = view.num_edges, view.num_users
+    E = view.num_edges
     mask = assoc[None, :] == np.arange(E)[:, None]
     bits = view.input_mb * BITS_PER_MB
     h = view.gain
@@ -865,7 +864,6 @@ class OptAllocation(_SearchAllocation):
         base = self.relaxed(view)
         if p.opt_refine_iterations == 0:
             return base
-        E, M, U = view.num_edges, view.num_models, view.num_users
         # the raw vector that projects back onto the relaxed decision: cached models score 1, others 0;
         # each model is cached once, so hits pick their copy; misses have alpha > 0 only at their ES
         x0 = np.concatenate([np.where(base.cache, 1.0, 0.0).ravel(), base.bandwidth_share.ravel(),
