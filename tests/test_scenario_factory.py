@@ -270,3 +270,44 @@ def test_cli_evaluate_json():
     assert rc == 0
     out = json.loads(buf.getvalue())
     assert set(out["results"]) == {"random", "round_robin", "greedy", "local", "opt"}
+
+
+def test_live_view_matches_the_simulator_view():
+    """The gateway's live_view, fed the simulator's own state, gives the same view and observation
+    (DESIGN principle 2: one observation path for training and deployment)."""
+    from policies.scenarios.factory import LiveState, LiveTask, LiveStateError
+
+    sim = make_simulator("factory")
+    wl = generate_workloads(sim, 1, seed=3)[0]
+    sim.reset(wl)
+    policy = make_policy("greedy", sim)
+    policy.reset(np.random.default_rng(0))
+    for _ in range(40):  # let queues and caches move
+        sim.step(policy.decide(sim.view()))
+    while sim.view().n == 0:
+        sim.step(OffloadDecision(target=np.zeros(0, dtype=np.int64)))
+    view = sim.view()
+    r = sim.rows()
+    t0 = sim.t * sim.preset.slot_s
+    names = [m.name for m in sim.preset.models]
+    tasks, states = [], []
+    for i, row in enumerate(r):
+        dev = int(sim.src[row])
+        tasks.append(LiveTask(device=dev, kind="report" if sim.kind[row] == 0 else "image", model=names[sim.model[row]],
+                              units=int(wl.tasks["units"][row]), input_mbit=float(sim.in_bits[row] / 1e6),
+                              output_mbit=float(sim.out_bits[row] / 1e6), deadline_s=float(sim.deadline[row])))
+        states.append(LiveState(
+            device_cpu_ghz=float(sim.dev_hz[dev] / 1e9), device_backlog_s=max(float(sim.free_dev[dev]) - t0, 0.0),
+            uplink_mbps=list(sim.rate_nominal[dev] / 1e6), edge_backlog_s=list(np.maximum(sim.free_edge - t0, 0.0)),
+            edge_cpu_ghz=list(sim.edge_hz / 1e9),
+            edge_cached_models=[[names[m] for m in np.flatnonzero(sim.cache[n])] for n in range(sim.N)],
+            backhaul_backlog_s=max(float(sim.free_bh[0]) - t0, 0.0), relay_edge=int(sim.gateway[dev])))
+    live = sim.live_view(tasks, states, slot=view.slot)
+    np.testing.assert_allclose(sim.observation(live), sim.observation(view), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(live.proximity, view.proximity, rtol=1e-9)
+    np.testing.assert_array_equal(live.compatible, view.compatible)
+    assert policy.decide(live).target.tolist() == policy.decide(view).target.tolist()
+    with pytest.raises(LiveStateError, match="does not hold"):
+        sim.live_view([tasks[0].model_copy(update={"model": "nope"})], states[:1])
+    with pytest.raises(LiveStateError, match="4 edge servers"):
+        sim.live_view(tasks[:1], [states[0].model_copy(update={"edge_cpu_ghz": [1.0]})])

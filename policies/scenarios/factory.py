@@ -175,6 +175,45 @@ class Preset(PresetBase):
 
 
 # --------------------------------------------------------------------------------------------
+# Live state: what a deployed gateway knows about one task (spec §3), the input of live_view()
+# --------------------------------------------------------------------------------------------
+class LiveStateError(ValueError):
+    """A live task or state does not fit the preset (unknown model, wrong number of servers)."""
+
+
+class LiveTask(BaseModel):
+    """One task request as the gateway sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: int = Field(0, ge=0, description="index of the asking device in the deployment (for round-robin state)")
+    kind: Literal["report", "image"] = Field(description="report (text model) or image (diffusion model)")
+    model: str = Field(min_length=1, description="catalog model name the task needs (preset models[].name)")
+    units: int = Field(gt=0, description="tokens to generate (report) or denoising steps (image)")
+    input_mbit: float = Field(ge=0, description="input size to upload, Mbit")
+    output_mbit: float = Field(ge=0, description="result size to send back, Mbit")
+    deadline_s: float = Field(gt=0, description="relative deadline, s")
+
+
+class LiveState(BaseModel):
+    """The gateway's knowledge when the task arrives: the device, the channel estimate, the edge
+    servers' last status, the cloud links. Lists have one entry per edge server, in index order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_cpu_ghz: float = Field(gt=0, description="the device's CPU, GHz")
+    device_backlog_s: float = Field(0.0, ge=0, description="work queued on the device, s")
+    uplink_mbps: list[float] = Field(description="nominal uplink rate device -> each edge server, Mbit/s")
+    edge_backlog_s: list[float] = Field(description="compute backlog of each edge server, s")
+    edge_cpu_ghz: list[float] = Field(description="CPU of each edge server, GHz")
+    edge_cached_models: list[list[str]] = Field(description="model names each edge server holds")
+    backhaul_backlog_s: float = Field(0.0, ge=0, description="backlog of the edge <-> cloud backhaul, s")
+    cloud_download_mbps: float | None = Field(None, gt=0, description="cloud -> edge download rate, Mbit/s (preset if absent)")
+    backhaul_mbps: float | None = Field(None, gt=0, description="edge <-> cloud task backhaul rate, Mbit/s (preset if absent)")
+    relay_edge: int | None = Field(None, ge=0, description="server relaying cloud traffic (default: best uplink)")
+
+
+# --------------------------------------------------------------------------------------------
 # Observation layout
 # --------------------------------------------------------------------------------------------
 class _LayoutDim:
@@ -424,34 +463,100 @@ class FactorySimulator(Simulator):
         n, N = r.size, self.N
         t0 = self.t * self.preset.slot_s
         dev, mdl = self.src[r], self.model[r]
-        up_nom = self.rate_nominal[dev]  # (n, N) bit/s
-        exp_up = transmission_delay_s(self.in_bits[r, None], up_nom)  # expected upload delay, s
-        gw_up = exp_up[np.arange(n), self.gateway[dev]]
-        cloud_delay = gw_up + transmission_delay_s(self.in_bits[r], self.backhaul_bps)
-        proximity = np.concatenate([np.zeros((n, 1)), exp_up, cloud_delay[:, None]], axis=1)
-        cached = self.cache[:, mdl].T  # (n, N)
-        compatible = np.concatenate([np.ones((n, 1), bool), cached, np.ones((n, 1), bool)], axis=1)
-        self._view = OffloadView(
-            slot=self.t, target_names=self.target_names, source=dev,
-            allowed=np.ones((n, self.K), dtype=bool), local_target=0, proximity=proximity,
-            compatible=compatible, has_share=True, has_download=True,
-            features={
-                "kind": self.kind[r].astype(np.float64), "model": mdl,
-                "input_mbit": self.in_bits[r] / BITS_PER_MBIT, "work_gcycles": self.work[r] / 1e9,
-                "output_mbit": self.out_bits[r] / BITS_PER_MBIT, "deadline_s": self.deadline[r],
-                "device_cpu_ghz": self.dev_hz[dev] / 1e9,
-                "device_backlog_s": np.maximum(self.free_dev[dev] - t0, 0.0),
-                "model_size_mb": self.model_size_mb[mdl],
-                "uplink_mbps": up_nom / BITS_PER_MBIT,
-                "edge_backlog_s": np.broadcast_to(np.maximum(self.free_edge - t0, 0.0), (n, N)),
-                "edge_cached": cached.astype(np.float64),
-                "edge_cpu_ghz": np.broadcast_to(self.edge_hz / 1e9, (n, N)),
-                "cloud_download_mbps": np.full(n, self.preset.cloud_download_mbps),
-                "backhaul_mbps": np.full(n, self.preset.cloud_backhaul_mbps),
-                "backhaul_backlog_s": np.full(n, max(float(self.free_bh[0]) - t0, 0.0)),
-            },
-        )
+        features = {
+            "kind": self.kind[r].astype(np.float64), "model": mdl,
+            "input_mbit": self.in_bits[r] / BITS_PER_MBIT, "work_gcycles": self.work[r] / 1e9,
+            "output_mbit": self.out_bits[r] / BITS_PER_MBIT, "deadline_s": self.deadline[r],
+            "device_cpu_ghz": self.dev_hz[dev] / 1e9,
+            "device_backlog_s": np.maximum(self.free_dev[dev] - t0, 0.0),
+            "model_size_mb": self.model_size_mb[mdl],
+            "uplink_mbps": self.rate_nominal[dev] / BITS_PER_MBIT,
+            "edge_backlog_s": np.broadcast_to(np.maximum(self.free_edge - t0, 0.0), (n, N)),
+            "edge_cached": self.cache[:, mdl].T.astype(np.float64),
+            "edge_cpu_ghz": np.broadcast_to(self.edge_hz / 1e9, (n, N)),
+            "cloud_download_mbps": np.full(n, self.preset.cloud_download_mbps),
+            "backhaul_mbps": np.full(n, self.preset.cloud_backhaul_mbps),
+            "backhaul_backlog_s": np.full(n, max(float(self.free_bh[0]) - t0, 0.0)),
+        }
+        self._view = self.build_view(self.t, dev, features, self.gateway[dev])
         return self._view
+
+    def build_view(self, slot: int, source: np.ndarray, features: dict[str, np.ndarray],
+                   relay_edge: np.ndarray) -> OffloadView:
+        """The one place that turns the gateway's knowledge into an :class:`OffloadView` (spec §3),
+        used by the simulator and by the deployed gateway (``live_view``), so both feed a policy
+        the same thing. ``features`` holds the OBS_LAYOUT entries in their units, one row per task;
+        ``relay_edge`` is the server that relays each task's cloud traffic (the device's nearest)."""
+        n = np.asarray(source).size
+        in_bits = np.asarray(features["input_mbit"], dtype=np.float64) * BITS_PER_MBIT
+        exp_up = transmission_delay_s(in_bits[:, None], np.asarray(features["uplink_mbps"]) * BITS_PER_MBIT)
+        gw_up = exp_up[np.arange(n), np.asarray(relay_edge, dtype=np.int64)]
+        backhaul_bps = np.asarray(features["backhaul_mbps"], dtype=np.float64) * BITS_PER_MBIT
+        cloud_delay = gw_up + transmission_delay_s(in_bits, backhaul_bps)
+        proximity = np.concatenate([np.zeros((n, 1)), exp_up, cloud_delay[:, None]], axis=1)
+        cached = np.asarray(features["edge_cached"]) > 0.5
+        compatible = np.concatenate([np.ones((n, 1), bool), cached, np.ones((n, 1), bool)], axis=1)
+        return OffloadView(
+            slot=slot, target_names=self.target_names, source=np.asarray(source, dtype=np.int64),
+            allowed=np.ones((n, self.K), dtype=bool), local_target=0, proximity=proximity,
+            compatible=compatible, has_share=True, has_download=True, features=features)
+
+    def live_view(self, tasks: "list[LiveTask]", states: "list[LiveState]", slot: int = 0) -> OffloadView:
+        """View of tasks a deployed gateway holds, from its live state (edge-server status, device
+        registry, channel estimates) instead of the simulator's queues; same builder as ``view()``."""
+        if len(tasks) != len(states):
+            raise ValueError(f"live_view needs one state per task ({len(tasks)} tasks, {len(states)} states)")
+        N = self.N
+        names = {m.name: i for i, m in enumerate(self.preset.models)}
+        rows: dict[str, list] = {k: [] for k in ("kind", "model", "input_mbit", "work_gcycles", "output_mbit",
+                                                 "deadline_s", "device_cpu_ghz", "device_backlog_s", "model_size_mb",
+                                                 "uplink_mbps", "edge_backlog_s", "edge_cached", "edge_cpu_ghz",
+                                                 "cloud_download_mbps", "backhaul_mbps", "backhaul_backlog_s")}
+        source, relay = [], []
+        for i, (task, st) in enumerate(zip(tasks, states)):
+            if task.model not in names:
+                raise LiveStateError(f"task {i} asks for model '{task.model}', which the preset's catalog "
+                                     f"({', '.join(names)}) does not hold")
+            m = names[task.model]
+            kind = int(self.model_kind[m])
+            if ("image" if kind == KIND_IMAGE else "report") != task.kind:
+                raise LiveStateError(f"task {i}: model '{task.model}' makes {['reports', 'images'][kind]}, "
+                                     f"not {task.kind}s")
+            for name in ("uplink_mbps", "edge_backlog_s", "edge_cpu_ghz", "edge_cached_models"):
+                if len(getattr(st, name)) != N:
+                    raise LiveStateError(f"state of task {i}: {name} has {len(getattr(st, name))} entries, "
+                                         f"the preset has {N} edge servers")
+            work = (token_workload_cycles if kind == KIND_REPORT else denoising_workload_cycles)(
+                task.units, self.model_gcycles[m])
+            rows["kind"].append(float(kind))
+            rows["model"].append(m)
+            rows["input_mbit"].append(task.input_mbit)
+            rows["work_gcycles"].append(float(work))
+            rows["output_mbit"].append(task.output_mbit)
+            rows["deadline_s"].append(task.deadline_s)
+            rows["device_cpu_ghz"].append(st.device_cpu_ghz)
+            rows["device_backlog_s"].append(st.device_backlog_s)
+            rows["model_size_mb"].append(float(self.model_size_mb[m]))
+            rows["uplink_mbps"].append(list(st.uplink_mbps))
+            rows["edge_backlog_s"].append(list(st.edge_backlog_s))
+            rows["edge_cached"].append([float(task.model in c) for c in st.edge_cached_models])
+            rows["edge_cpu_ghz"].append(list(st.edge_cpu_ghz))
+            rows["cloud_download_mbps"].append(st.cloud_download_mbps if st.cloud_download_mbps is not None
+                                               else self.preset.cloud_download_mbps)
+            rows["backhaul_mbps"].append(st.backhaul_mbps if st.backhaul_mbps is not None
+                                         else self.preset.cloud_backhaul_mbps)
+            rows["backhaul_backlog_s"].append(st.backhaul_backlog_s)
+            source.append(task.device)
+            relay.append(int(np.argmax(st.uplink_mbps)) if st.relay_edge is None else st.relay_edge)
+        n = len(tasks)
+        feats = {k: (np.asarray(v, dtype=np.int64) if k == "model" else
+                     np.asarray(v, dtype=np.float64).reshape(n, -1) if k in ("uplink_mbps", "edge_backlog_s",
+                                                                         "edge_cached", "edge_cpu_ghz")
+                     else np.asarray(v, dtype=np.float64)) for k, v in rows.items()}
+        if n == 0:
+            for k in ("uplink_mbps", "edge_backlog_s", "edge_cached", "edge_cpu_ghz"):
+                feats[k] = np.zeros((0, N))
+        return self.build_view(slot, np.asarray(source, dtype=np.int64), feats, np.asarray(relay, dtype=np.int64))
 
     # -- the cost of a batch of decisions ----------------------------------------------------
     def price(self, rows: np.ndarray, target: np.ndarray, share: np.ndarray, download: np.ndarray,
