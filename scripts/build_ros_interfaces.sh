@@ -79,7 +79,7 @@ import_check() {
 import rclpy  # noqa: F401
 from aigc_offload_interfaces.msg import (  # noqa: F401
     Decision, EdgeServerStatus, ModelManifest, TaskRequest, TaskResult)
-from aigc_offload_interfaces.srv import FetchModelChunk, ListModels  # noqa: F401
+from aigc_offload_interfaces.srv import FetchModelChunk, ListModels, SubmitTask  # noqa: F401
 TaskResult(state=TaskResult.DEADLINE_MISSED)
 EOF
 }

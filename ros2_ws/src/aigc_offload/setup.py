@@ -23,6 +23,8 @@ setup(
     entry_points={
         "console_scripts": [
             "cloud_model_server = aigc_offload.cloud_model_server:main",
+            "edge_server = aigc_offload.edge_server:main",
+            "edge_gateway = aigc_offload.edge_gateway:main",
         ],
     },
 )

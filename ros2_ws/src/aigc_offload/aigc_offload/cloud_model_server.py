@@ -3,12 +3,20 @@
 Lifecycle:
 - configure: loads and verifies the catalog from parameter ``catalog_dir``; a missing directory,
   a bad index or a file that does not match its manifest fails the transition with one log line.
-- activate: creates the services ``~/list_models`` (ListModels) and ``~/fetch_model_chunk``
-  (FetchModelChunk); deactivate/cleanup/shutdown destroy them.
+- activate: creates the services ``~/list_models`` (ListModels), ``~/fetch_model_chunk``
+  (FetchModelChunk) and ``~/submit_task`` (SubmitTask: the cloud runs a task itself when the
+  decision says cloud or no edge server holds the model); deactivate/cleanup/shutdown destroy them.
+
+Cloud execution follows the simulator (EdgeAIGC eq. 11, docs/papers/factory.md §1.5): the task's
+input crosses the shared edge<->cloud backhaul (one FIFO link at ``cloud_backhaul_mbps`` of the
+preset), runs at ``cloud_cpu_ghz`` without a queue, and its output comes back over the backhaul;
+the result is published on ``/aigc/execution_result`` when that time has passed, or as
+DEADLINE_MISSED at the deadline.
 
 Parameters: ``catalog_dir`` (str), ``max_chunk_bytes`` (int, default 1 MiB; larger requests are
-served in pieces of this size), ``autostart`` (bool, default false: configure and activate
-without an external lifecycle manager).
+served in pieces of this size), ``preset`` (factory preset with the work model and cloud links,
+default "factory"), ``autostart`` (bool, default false: configure and activate without an
+external lifecycle manager).
 
 Run: ``python -m aigc_offload.cloud_model_server --ros-args -p catalog_dir:=/path``.
 """
@@ -17,13 +25,15 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from aigc_offload_interfaces.msg import ModelManifest as ModelManifestMsg
-from aigc_offload_interfaces.srv import FetchModelChunk, ListModels
+from aigc_offload_interfaces.msg import TaskResult
+from aigc_offload_interfaces.srv import FetchModelChunk, ListModels, SubmitTask
 
 from .model_catalog import CatalogError, ModelCatalog
 
@@ -36,11 +46,18 @@ class CloudModelServer(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self.declare_parameter("catalog_dir", "")
         self.declare_parameter("max_chunk_bytes", DEFAULT_MAX_CHUNK_BYTES)
+        self.declare_parameter("preset", "factory")
         self.declare_parameter("autostart", False)
         self.catalog: ModelCatalog | None = None
+        self.work: dict | None = None
+        self.backhaul_free_s = 0.0  # when the shared backhaul FIFO is free (POSIX s)
+        self._backhaul_lock = threading.Lock()
+        self._task_timers: set[threading.Timer] = set()
+        self.tasks_run = 0
         self.max_chunk_bytes = DEFAULT_MAX_CHUNK_BYTES
         self._data_services: list = []
         self.chunks_served = 0
+        self.autostart_failed = False
         if self.get_parameter("autostart").value:
             self._autostart_timer = self.create_timer(0.0, self._autostart)
 
@@ -49,6 +66,9 @@ class CloudModelServer(LifecycleNode):
         self.destroy_timer(self._autostart_timer)
         if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             self.trigger_activate()
+        else:  # a node started to serve that cannot serve exits, so launchers see the failure
+            self.autostart_failed = True
+            self.context.try_shutdown()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         catalog_dir = str(self.get_parameter("catalog_dir").value or "")
@@ -64,6 +84,22 @@ class CloudModelServer(LifecycleNode):
         except CatalogError as exc:
             self.get_logger().error(f"Refusing to configure: {exc}")
             return TransitionCallbackReturn.FAILURE
+        from policies.config import load_preset
+        from policies.errors import UserError
+
+        try:
+            preset = load_preset(str(self.get_parameter("preset").value))
+        except UserError as exc:
+            self.get_logger().error(f"Refusing to configure: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        if preset.scenario != "factory":
+            self.get_logger().error(f"Refusing to configure: preset '{preset.scenario}' is not a factory preset.")
+            return TransitionCallbackReturn.FAILURE
+        from .messages import model_work_table
+
+        self.work = model_work_table(preset)
+        self.cloud_hz = preset.cloud_cpu_ghz * 1e9
+        self.backhaul_bps = preset.cloud_backhaul_mbps * 1e6
         self.catalog, self.max_chunk_bytes = catalog, max_chunk
         self.get_logger().info(
             f"Catalog {catalog_dir} loaded and verified: {len(catalog)} model(s): "
@@ -74,11 +110,18 @@ class CloudModelServer(LifecycleNode):
         self._data_services = [
             self.create_service(ListModels, "~/list_models", self._on_list_models),
             self.create_service(FetchModelChunk, "~/fetch_model_chunk", self._on_fetch_chunk),
+            self.create_service(SubmitTask, "~/submit_task", self._on_submit_task),
         ]
-        self.get_logger().info("Active: serving ~/list_models and ~/fetch_model_chunk.")
+        from .deployment import EXECUTION_RESULT_TOPIC
+
+        self._result_pub = self.create_publisher(TaskResult, EXECUTION_RESULT_TOPIC, 100)
+        self.get_logger().info("Active: serving ~/list_models, ~/fetch_model_chunk and ~/submit_task.")
         return super().on_activate(state)
 
     def _drop_services(self) -> None:
+        for t in list(self._task_timers):
+            t.cancel()
+        self._task_timers.clear()
         for srv in self._data_services:
             self.destroy_service(srv)
         self._data_services = []
@@ -127,6 +170,46 @@ class CloudModelServer(LifecycleNode):
         response.sha256 = m.sha256
         response.eof = request.offset + len(data) >= m.size_bytes
         self.chunks_served += 1
+        return response
+
+
+    def _on_submit_task(self, request, response):
+        """Run a task in the cloud: backhaul FIFO up, compute without a queue, backhaul down."""
+        from .messages import edge_task, task_result_for
+
+        req = request.task
+        if self.work is None or req.model_name not in self.work:
+            response.accepted, response.action = False, "reject"
+            response.reason = f"the cloud does not know model '{req.model_name}'"
+            return response
+        task = edge_task(req, request.decision, self.work, hops=int(request.hops))
+        now = time.time()
+        up_s = task.share * task.input_bits / self.backhaul_bps
+        with self._backhaul_lock:
+            start_up = max(now, self.backhaul_free_s)
+            self.backhaul_free_s = start_up + up_s
+        compute_s = task.work_cycles / self.cloud_hz
+        finish = start_up + up_s + compute_s  # the output (a few kbit) crosses back in microseconds
+        response.accepted, response.action, response.expected_wait_s = True, "cloud", start_up - now
+        late = finish > task.deadline_at_s
+        fire_at = task.deadline_at_s if late else finish
+
+        def publish() -> None:
+            self._task_timers.discard(timer)
+            if late:
+                msg = task_result_for(task, TaskResult.DEADLINE_MISSED,
+                                      f"the cloud path needs {finish - now:.3f} s, past the deadline", "cloud",
+                                      queue_wait_s=start_up - now, compute_s=compute_s)
+            else:
+                msg = task_result_for(task, TaskResult.DONE, "", "cloud", queue_wait_s=start_up - now,
+                                      compute_s=compute_s)
+            self.tasks_run += 1
+            self._result_pub.publish(msg)
+
+        timer = threading.Timer(max(fire_at - time.time(), 0.0), publish)
+        timer.daemon = True
+        self._task_timers.add(timer)
+        timer.start()
         return response
 
 
@@ -183,7 +266,7 @@ def main(args: list[str] | None = None) -> int:
                 print(f"[INFO] [{NODE_NAME}]: Shutting down.", file=sys.stderr, flush=True)
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return 1 if node is not None and node.autostart_failed else 0
 
 
 if __name__ == "__main__":

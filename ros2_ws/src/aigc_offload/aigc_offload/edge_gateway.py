@@ -1,0 +1,316 @@
+"""The edge gateway node: a thin rclpy lifecycle node over ``gateway_core``.
+
+Lifecycle:
+- configure: loads the preset and the plant (``deployment.draw_plant``) and the offloading policy:
+  a path ending in ``.onnx`` goes through the torch-free runtime (``policies.runtime``), which
+  checks the file's contract against the preset; anything else is a heuristic name. A missing or
+  mismatched policy fails the transition with one log line naming the problem, unless
+  ``fallback_policy`` names a heuristic, which is then used (with a warning).
+- activate: subscribes ``/aigc/task_request`` (TaskRequest), ``/aigc/execution_result`` and
+  ``/aigc/edge_status``; publishes ``/aigc/decision`` (Decision), ``/aigc/task_result`` (one
+  terminal TaskResult per task) and ``/diagnostics`` (DiagnosticArray).
+
+Per task: decide, publish the decision (the device runs its share on seeing it), hand the
+offloaded share to the edge server or the cloud (``SubmitTask``) after its modeled upload time
+(``emulate_uplink``), then wait for the parts' results and publish the terminal state. A refused
+request is answered at once with a REJECTED result whose reason says why.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from aigc_offload_interfaces.msg import Decision, EdgeServerStatus, TaskRequest, TaskResult
+from aigc_offload_interfaces.srv import SubmitTask
+
+from .deployment import (CLOUD_NODE, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC,
+                         STATUS_TOPIC, Deployment, draw_plant)
+from .gateway_core import TARGET_CLOUD, TARGET_EDGE, GatewayCore, Request, RequestError, Terminal
+from .messages import from_time, result_msg, task_units, to_time
+
+
+class PolicyLoadError(RuntimeError):
+    """The configured policy cannot be used; ``str()`` names the problem."""
+
+
+def load_gateway_policy(spec: str, sim):
+    """An exported ONNX policy (path ending .onnx) or a heuristic by name, behind one interface."""
+    if spec.endswith(".onnx"):
+        try:
+            from policies.runtime import load_policy  # torch-free runtime
+        except ImportError as exc:
+            raise PolicyLoadError(f"the ONNX runtime is not installed ({exc})") from None
+        try:
+            return load_policy(spec, sim)
+        except FileNotFoundError:
+            raise PolicyLoadError(f"policy file '{spec}' does not exist") from None
+        except Exception as exc:  # noqa: BLE001 - contract errors and broken files alike refuse
+            raise PolicyLoadError(f"policy file '{spec}' cannot be used: {exc}") from None
+    from policies.errors import UserError
+    from policies.heuristics import make_policy
+
+    try:
+        policy = make_policy(spec, sim)
+    except UserError as exc:
+        raise PolicyLoadError(str(exc)) from None
+    if getattr(policy, "needs_oracle", False):
+        raise PolicyLoadError(f"policy '{spec}' needs the simulator's true state (an oracle); a deployed gateway "
+                              "cannot run it")
+    return policy
+
+
+class EdgeGateway(LifecycleNode):
+    def __init__(self, node_name: str = "edge_gateway", **kwargs):
+        super().__init__(node_name, **kwargs)
+        for name, default in (("preset", "factory"), ("seed", 0), ("num_edge_servers", 0), ("policy", "greedy"),
+                              ("fallback_policy", ""), ("result_grace_s", 0.5), ("submit_timeout_s", 1.0),
+                              ("diagnostics_period_s", 1.0), ("status_stale_s", 2.0), ("emulate_uplink", True),
+                              ("cloud_node", CLOUD_NODE), ("autostart", False)):
+            self.declare_parameter(name, default)
+        self.core: GatewayCore | None = None
+        self._io = ReentrantCallbackGroup()
+        self._handles: list = []
+        self._active_timers: list = []
+        self._submit_clients: dict[str, object] = {}
+        self.autostart_failed = False
+        if self.get_parameter("autostart").value:
+            self._autostart_timer = self.create_timer(0.0, self._autostart)
+
+    def _autostart(self) -> None:
+        self.destroy_timer(self._autostart_timer)
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+        else:  # a node started to serve that cannot serve exits, so launchers see the failure
+            self.autostart_failed = True
+            self.context.try_shutdown()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from policies.errors import UserError
+        from policies.scenarios import make_simulator
+
+        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        try:
+            sim = make_simulator(str(g("preset")), expect="factory")
+            n_edges = int(g("num_edge_servers")) or None
+            plant = draw_plant(Deployment(preset=str(g("preset")), seed=int(g("seed")), num_edge_servers=n_edges))
+        except (UserError, ValueError) as exc:
+            self.get_logger().error(f"Refusing to configure: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        if len(plant.edges) != sim.N:
+            from policies.scenarios import make_simulator as mk
+
+            sim = mk(str(g("preset")), {k: v[: len(plant.edges)] for k, v in (
+                ("edge_xy_m", sim.preset.edge_xy_m), ("edge_cpu_ghz", sim.preset.edge_cpu_ghz),
+                ("edge_storage_mb", sim.preset.edge_storage_mb), ("inter_link_mbps", sim.preset.inter_link_mbps))},
+                     expect="factory")
+        spec = str(g("policy"))
+        try:
+            policy, name = load_gateway_policy(spec, sim), spec
+        except PolicyLoadError as exc:
+            fallback = str(g("fallback_policy"))
+            if not fallback:
+                self.get_logger().error(f"Refusing to configure: {exc} (no fallback_policy configured).")
+                return TransitionCallbackReturn.FAILURE
+            try:
+                policy, name = load_gateway_policy(fallback, sim), fallback
+            except PolicyLoadError as exc2:
+                self.get_logger().error(f"Refusing to configure: {exc}; the fallback failed too: {exc2}")
+                return TransitionCallbackReturn.FAILURE
+            self.get_logger().warn(f"{exc}; using the fallback heuristic '{fallback}'.")
+        self.core = GatewayCore(sim, plant, policy, name, status_stale_s=float(g("status_stale_s")),
+                                result_grace_s=float(g("result_grace_s")), seed=int(g("seed")))
+        self.get_logger().info(f"Configured: policy {name}, {len(plant.devices)} devices, "
+                               f"{len(plant.edges)} edge servers, preset {g('preset')}.")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._decision_pub = self.create_lifecycle_publisher(Decision, DECISION_TOPIC, 100)
+        self._result_pub = self.create_lifecycle_publisher(TaskResult, RESULT_TOPIC, 100)
+        self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
+        serial = MutuallyExclusiveCallbackGroup()  # decisions in arrival order, one at a time
+        self._handles = [
+            self.create_subscription(TaskRequest, REQUEST_TOPIC, self._on_request, 100, callback_group=serial),
+            self.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, self._on_result, 100, callback_group=self._io),
+            self.create_subscription(EdgeServerStatus, STATUS_TOPIC, self._on_status, 50, callback_group=self._io),
+        ]
+        self._active_timers = [
+            self.create_timer(0.05, self._sweep, callback_group=self._io),
+            self.create_timer(float(self.get_parameter("diagnostics_period_s").value), self._diagnostics,
+                              callback_group=self._io),
+        ]
+        self.get_logger().info(f"Active: deciding tasks from {REQUEST_TOPIC} with {self.core.policy_name}.")
+        return super().on_activate(state)
+
+    def _teardown(self) -> None:
+        for h in self._handles:
+            self.destroy_subscription(h)
+        for t in self._active_timers:
+            self.destroy_timer(t)
+        self._handles, self._active_timers = [], []
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self.core = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self.core = None
+        return TransitionCallbackReturn.SUCCESS
+
+    # -- tasks ----------------------------------------------------------------------------------
+    def _reject(self, msg: TaskRequest, reason: str) -> None:
+        self.get_logger().warn(f"Rejected task '{msg.task_id}' from '{msg.device_id}': {reason}")
+        self._result_pub.publish(result_msg(msg.task_id, msg.device_id, msg.origin, TaskResult.REJECTED, reason,
+                                            created_at_s=from_time(msg.created_at)))
+
+    def _on_request(self, msg: TaskRequest) -> None:
+        core = self.core
+        if core is None:
+            return
+        kind = {TaskRequest.TASK_REPORT: "report", TaskRequest.TASK_DEFECT_IMAGE: "image"}.get(msg.task_kind)
+        if kind is None:
+            self._reject(msg, f"task_kind {msg.task_kind} is neither TASK_REPORT (0) nor TASK_DEFECT_IMAGE (1)")
+            return
+        m = core.models.get(msg.model_name)
+        out_mbit = 0.0
+        if m is not None:  # the result size is the preset's mean for the kind (the request does not carry it)
+            lo, hi = core.preset.report_output_mbit if kind == "report" else core.preset.image_output_mbit
+            out_mbit = (lo + hi) / 2
+        req = Request(msg.task_id, msg.device_id, msg.origin, kind, msg.model_name, task_units(msg),
+                      int(msg.input_bits), int(out_mbit * 1e6), float(msg.deadline_s), from_time(msg.created_at))
+        try:
+            gd = core.decide(req)
+        except RequestError as exc:
+            with core.lock:
+                core.counters["rejected"] += 1
+            self._reject(msg, str(exc))
+            return
+        self._decision_pub.publish(Decision(
+            task_id=msg.task_id, target_kind=gd.target_kind, target_index=gd.target_index,
+            target_id=gd.target_id if gd.target_kind == TARGET_EDGE else "", offload_share=gd.share,
+            download_model=gd.download, model_name=msg.model_name, policy_name=core.policy_name,
+            decision_latency_us=gd.decision_us, decided_at=to_time(time.time())))
+        if gd.target_kind in (TARGET_EDGE, TARGET_CLOUD):
+            delay = core.upload_delay_s(gd, req) if self.get_parameter("emulate_uplink").value else 0.0
+            dec = Decision(task_id=msg.task_id, target_kind=gd.target_kind, target_index=gd.target_index,
+                           target_id=gd.target_id, offload_share=gd.share, download_model=gd.download,
+                           model_name=msg.model_name, policy_name=core.policy_name)
+            t = threading.Timer(delay, self._hand_off, args=(msg, dec, gd.target_id))
+            t.daemon = True
+            t.start()
+
+    def _client(self, target_id: str):
+        node = str(self.get_parameter("cloud_node").value) if target_id == "cloud" else target_id
+        c = self._submit_clients.get(node)
+        if c is None:
+            c = self.create_client(SubmitTask, f"/{node}/submit_task", callback_group=self._io)
+            self._submit_clients[node] = c
+        return c
+
+    def _hand_off(self, msg: TaskRequest, dec: Decision, target_id: str) -> None:
+        core = self.core
+        if core is None:
+            return
+        timeout = float(self.get_parameter("submit_timeout_s").value)
+        client = self._client(target_id)
+        reason = ""
+        if not client.service_is_ready() and not client.wait_for_service(timeout_sec=timeout):
+            reason = f"{target_id} is not reachable ({client.srv_name} has no server)"
+        else:
+            fut = client.call_async(SubmitTask.Request(task=msg, decision=dec, hops=0))
+            done = threading.Event()
+            fut.add_done_callback(lambda _f: done.set())
+            if not done.wait(timeout):
+                fut.cancel()
+                reason = f"{target_id} did not acknowledge the task within {timeout:g} s"
+            elif not fut.result().accepted:
+                reason = f"{target_id} refused the task: {fut.result().reason}"
+        if reason:
+            term = core.fail(msg.task_id, TaskResult.FAILED, reason)
+            if term is not None:
+                self._publish_terminal(term)
+
+    def _on_result(self, msg: TaskResult) -> None:
+        core = self.core
+        if core is None:
+            return
+        term = core.on_result(msg.task_id, int(msg.part), int(msg.state), msg.reason, msg.executed_on, msg)
+        if term is not None:
+            self._publish_terminal(term)
+
+    def _publish_terminal(self, term: Terminal) -> None:
+        last = next((r[5] for r in reversed(term.results) if r[5] is not None and r[1] == TaskResult.DONE), None)
+        any_msg = next((r[5] for r in term.results if r[5] is not None), None)
+        ref = last or any_msg
+        out = result_msg(term.req.task_id, term.req.device_id, term.req.origin, term.state, term.reason,
+                         created_at_s=term.req.created_at_s, executed_on=term.executed_on, energy_j=term.energy_j,
+                         cache_hit=bool(ref.cache_hit) if ref else False,
+                         downloaded=bool(ref.model_downloaded) if ref else False,
+                         hops=int(ref.forwarded_hops) if ref else 0,
+                         queue_wait_s=float(ref.queue_wait_s) if ref else 0.0,
+                         compute_s=float(ref.compute_s) if ref else 0.0,
+                         output=bytes(ref.output) if ref is not None and term.state == TaskResult.DONE else b"",
+                         output_mime=ref.output_mime if ref is not None and term.state == TaskResult.DONE else "")
+        out.latency_s = term.latency_s
+        self._result_pub.publish(out)
+
+    def _on_status(self, msg: EdgeServerStatus) -> None:
+        if self.core is not None:
+            self.core.on_status(msg.server_id, msg.backlog_s, list(msg.cached_models), msg.cpu_hz, from_time(msg.stamp))
+
+    def _sweep(self) -> None:
+        if self.core is not None:
+            for term in self.core.sweep():
+                self._publish_terminal(term)
+
+    def _diagnostics(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        d = core.diagnostics()
+        alive = d["edge_servers_alive"].split("/")
+        level = DiagnosticStatus.OK if alive[0] == alive[1] else (
+            DiagnosticStatus.ERROR if alive[0] == "0" else DiagnosticStatus.WARN)
+        msg = DiagnosticArray()
+        msg.header.stamp = to_time(time.time())
+        msg.status.append(DiagnosticStatus(
+            level=level, name=f"{self.get_name()}: offloading", hardware_id=self.get_fully_qualified_name(),
+            message=f"{d['edge_servers_alive']} edge servers alive, {d['in_flight']} tasks in flight",
+            values=[KeyValue(key=k, value=v) for k, v in d.items()]))
+        self._diag_pub.publish(msg)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = EdgeGateway()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            print(f"[INFO] [{node.get_name()}]: Shutting down.", file=sys.stderr, flush=True)
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 1 if node is not None and node.autostart_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""The edge server node: a thin rclpy lifecycle node over ``edge_core``.
+
+Lifecycle:
+- configure: loads the preset's work model, asks the cloud model server for its catalog
+  (``/cloud_model_server/list_models``), fetches the initial models (verified by size and sha256;
+  files already in the cache directory with the right digest are kept), builds the core. A missing
+  cloud, an unknown initial model or a failed download fails the transition with one log line.
+- activate: serves ``~/submit_task`` (SubmitTask), publishes ``/aigc/edge_status``
+  (EdgeServerStatus) every ``status_period_s`` and ``/aigc/execution_result`` (TaskResult), and
+  runs the worker thread that executes the FIFO queue.
+
+A task runs for its modeled compute time ``eta W / f_n`` (``execution: paced``); with
+``execution: generative`` the server also runs the real generative model (genmodels, onnxruntime)
+inside that time and returns its output. Forwarded tasks go to ``/<peer>/submit_task``; tasks
+whose model no server holds go to ``/cloud_model_server/submit_task``.
+
+Parameters: see ``config/edge_server.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from aigc_offload_interfaces.msg import EdgeServerStatus, TaskResult
+from aigc_offload_interfaces.srv import FetchModelChunk, ListModels, SubmitTask
+
+from .cloud_model_server import ros_fetch_chunk
+from .deployment import CLOUD_NODE, EXECUTION_RESULT_TOPIC, STATUS_TOPIC
+from .edge_core import EdgeServerCore, EdgeTask, ModelCache, PeerStatus
+from .messages import edge_task, from_time, model_work_table, task_result_for, to_time
+from .model_fetch import FetchError, download_model
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+class EdgeServer(LifecycleNode):
+    def __init__(self, node_name: str = "edge_server", **kwargs):
+        super().__init__(node_name, **kwargs)
+        for name, default in (("server_id", ""), ("server_index", 0), ("preset", "factory"), ("cpu_ghz", 10.0),
+                              ("storage_mb", 400.0), ("initial_models", [""]), ("peers", [""]),
+                              ("execution", "paced"), ("status_period_s", 0.1), ("cache_dir", ""),
+                              ("download_chunk_bytes", 1 << 20), ("cloud_node", CLOUD_NODE),
+                              ("cloud_wait_s", 20.0), ("forwarding", True), ("inter_link_mbps", 400.0),
+                              ("autostart", False)):
+            self.declare_parameter(name, default)
+        self.server_id = str(self.get_parameter("server_id").value or self.get_name())
+        self.core: EdgeServerCore | None = None
+        self.manifests: dict[str, object] = {}
+        self.cache_path: Path | None = None
+        self._tmp_cache = False
+        self._io_group = ReentrantCallbackGroup()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._active_handles: list = []
+        self._generator = None
+        self._fetch_client = self.create_client(
+            FetchModelChunk, f"/{self.get_parameter('cloud_node').value}/fetch_model_chunk",
+            callback_group=self._io_group)
+        self._list_client = self.create_client(
+            ListModels, f"/{self.get_parameter('cloud_node').value}/list_models", callback_group=self._io_group)
+        self._cloud_submit = self.create_client(
+            SubmitTask, f"/{self.get_parameter('cloud_node').value}/submit_task", callback_group=self._io_group)
+        self._peer_clients: dict[str, object] = {}
+        self._result_pub = self.create_publisher(TaskResult, EXECUTION_RESULT_TOPIC, 100)
+        self.autostart_failed = False
+        if self.get_parameter("autostart").value:
+            self._autostart_timer = self.create_timer(0.0, self._autostart, callback_group=self._io_group)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _autostart(self) -> None:
+        self.destroy_timer(self._autostart_timer)
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+        else:  # a node started to serve that cannot serve exits, so launchers see the failure
+            self.autostart_failed = True
+            self.context.try_shutdown()
+
+    def _fail(self, why: str) -> TransitionCallbackReturn:
+        self.get_logger().error(f"Refusing to configure: {why}")
+        return TransitionCallbackReturn.FAILURE
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from policies.config import load_preset
+        from policies.errors import UserError
+
+        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        try:
+            preset = load_preset(str(g("preset")))
+        except UserError as exc:
+            return self._fail(str(exc))
+        if preset.scenario != "factory":
+            return self._fail(f"preset '{g('preset')}' is for scenario '{preset.scenario}', not factory")
+        if float(g("cpu_ghz")) <= 0 or float(g("storage_mb")) <= 0:
+            return self._fail("cpu_ghz and storage_mb must be positive")
+        if g("execution") not in ("paced", "generative"):
+            return self._fail(f"execution must be 'paced' or 'generative', got '{g('execution')}'")
+        self.work = model_work_table(preset)
+        wait_s = float(g("cloud_wait_s"))
+        if not self._list_client.wait_for_service(timeout_sec=wait_s):
+            return self._fail(f"the cloud model server ({self._list_client.srv_name}) did not answer within {wait_s:g} s")
+        resp = self._call(self._list_client, ListModels.Request(), wait_s)
+        if resp is None:
+            return self._fail("list_models did not answer")
+        self.manifests = {m.name: m for m in resp.manifests}
+        missing = sorted(set(self.work) - set(self.manifests))
+        if missing:
+            self.get_logger().warn(f"The cloud catalog lacks preset model(s) {', '.join(missing)}: tasks for them "
+                                   "cannot be downloaded here and go to the cloud.")
+        cache_dir = str(g("cache_dir"))
+        if cache_dir:
+            self.cache_path = Path(cache_dir) / self.server_id
+            self._tmp_cache = False
+        else:
+            self.cache_path = Path(tempfile.mkdtemp(prefix=f"aigc_{self.server_id}_"))
+            self._tmp_cache = True
+        self.cache_path.mkdir(parents=True, exist_ok=True)
+        cache = ModelCache(budget_bytes=int(float(g("storage_mb")) * 1e6),
+                           sizes={n: w.size_bytes for n, w in self.work.items()})
+        self.core = EdgeServerCore(self.server_id, float(g("cpu_ghz")) * 1e9, cache,
+                                   forwarding=bool(g("forwarding")) and bool(preset.edge_forwarding),
+                                   inter_link_bps=float(g("inter_link_mbps")) * 1e6)
+        for name in [m for m in g("initial_models") if m]:
+            if name not in self.manifests:
+                return self._fail(f"initial model '{name}' is not in the cloud catalog")
+            try:
+                self._fetch(name)
+            except FetchError as exc:
+                return self._fail(str(exc))
+            evicted = self.core.download_finished(name, True)
+            self._delete_models(evicted)
+        self.core.counters["downloads"] = 0  # the warm start is not a cache miss
+        if g("execution") == "generative":
+            try:
+                from .generative import GenerativeRunner
+
+                self._generator = GenerativeRunner(self.cache_path, self.manifests)
+            except Exception as exc:  # noqa: BLE001 - any load problem refuses the configuration
+                return self._fail(f"generative execution unavailable: {exc}")
+        self.get_logger().info(
+            f"Configured {self.server_id}: {float(g('cpu_ghz')):g} GHz, storage {float(g('storage_mb')):g} MB, "
+            f"cache {sorted(cache.cached)}, execution {g('execution')}.")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        period = float(self.get_parameter("status_period_s").value)
+        self._status_pub = self.create_lifecycle_publisher(EdgeServerStatus, STATUS_TOPIC, 10)
+        self._active_handles = [
+            self.create_service(SubmitTask, "~/submit_task", self._on_submit, callback_group=self._io_group),
+            self.create_subscription(EdgeServerStatus, STATUS_TOPIC, self._on_peer_status, 50,
+                                     callback_group=MutuallyExclusiveCallbackGroup()),
+        ]
+        self._status_timer = self.create_timer(period, self._publish_status, callback_group=self._io_group)
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work_loop, name=f"{self.server_id}-worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"Active: serving {self.get_fully_qualified_name()}/submit_task.")
+        return super().on_activate(state)
+
+    def _deactivate(self) -> None:
+        self._stop.set()
+        if self.core is not None:
+            with self.core.lock:
+                self.core.lock.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
+        for h in self._active_handles:
+            if hasattr(h, "srv_name"):
+                self.destroy_service(h)
+            else:
+                self.destroy_subscription(h)
+        self._active_handles = []
+        if getattr(self, "_status_timer", None) is not None:
+            self.destroy_timer(self._status_timer)
+            self._status_timer = None
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._release_cache()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._release_cache()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release_cache(self) -> None:
+        if self._tmp_cache and self.cache_path is not None:
+            shutil.rmtree(self.cache_path, ignore_errors=True)
+        self.core = None
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _call(self, client, request, timeout_s: float):
+        fut = client.call_async(request)
+        done = threading.Event()
+        fut.add_done_callback(lambda _f: done.set())
+        if not done.wait(timeout_s):
+            fut.cancel()
+            return None
+        return fut.result()
+
+    def _model_path(self, name: str) -> Path:
+        m = self.manifests[name]
+        return self.cache_path / f"{name}-{m.version}.onnx"
+
+    def _fetch(self, name: str) -> None:
+        """Download ``name`` into the cache directory (resumable, verified); keep a verified file."""
+        m = self.manifests[name]
+        dest = self._model_path(name)
+        if dest.exists() and dest.stat().st_size == m.size_bytes and _sha256(dest) == m.sha256:
+            return
+        fetch = ros_fetch_chunk(self, self._fetch_client, timeout_s=5.0, spin=False)
+        last: Exception | None = None
+        for _attempt in range(3):  # a transport error keeps the .part: the next attempt resumes
+            try:
+                download_model(fetch, name, m.version, dest,
+                               chunk_bytes=int(self.get_parameter("download_chunk_bytes").value),
+                               expected_sha256=m.sha256)
+                return
+            except FetchError as exc:
+                last = exc
+                self.get_logger().warn(f"Download of {name} failed ({exc}); retrying.")
+        raise FetchError(f"model {name} could not be fetched after 3 attempts: {last}")
+
+    def _delete_models(self, names: list[str]) -> None:
+        for n in names:
+            if n in self.manifests:
+                self._model_path(n).unlink(missing_ok=True)
+
+    # -- services and topics --------------------------------------------------------------------
+    def _on_submit(self, request, response):
+        core = self.core
+        if core is None:
+            response.accepted, response.reason, response.action = False, f"{self.server_id} is not active", "reject"
+            return response
+        if request.task.model_name not in self.work:
+            response.accepted, response.action = False, "reject"
+            response.reason = f"model '{request.task.model_name}' is not in the preset catalog of {self.server_id}"
+            return response
+        task = edge_task(request.task, request.decision, self.work, hops=int(request.hops))
+        adm = core.admit(task)
+        response.accepted, response.action, response.reason = adm.accepted, adm.action, adm.reason
+        response.expected_wait_s = float(adm.expected_wait_s)
+        if not adm.accepted:
+            return response
+        if adm.action == "download" and core.needs_download(task):
+            threading.Thread(target=self._download, args=(task.model_name,), daemon=True).start()
+        elif adm.action.startswith("forward:"):
+            self._hand_off(request, adm.action.split(":", 1)[1], task)
+        elif adm.action == "cloud":
+            self._hand_off(request, None, task)
+        return response
+
+    def _download(self, name: str) -> None:
+        ok = True
+        try:
+            if name not in self.manifests:
+                raise FetchError(f"model {name} is not in the cloud catalog")
+            self._fetch(name)
+            self.get_logger().info(f"Downloaded and verified {name}.")
+        except FetchError as exc:
+            ok = False
+            self.get_logger().error(f"Download of {name} failed: {exc}")
+        core = self.core
+        if core is not None:
+            self._delete_models(core.download_finished(name, ok))
+
+    def _hand_off(self, request, peer: str | None, task: EdgeTask) -> None:
+        """Forward to a peer (or the cloud) without blocking the service callback."""
+        if peer is None:
+            client = self._cloud_submit
+            where = "the cloud"
+        else:
+            client = self._peer_clients.get(peer)
+            if client is None:
+                client = self.create_client(SubmitTask, f"/{peer}/submit_task", callback_group=self._io_group)
+                self._peer_clients[peer] = client
+            where = peer
+        fwd = SubmitTask.Request(task=request.task, decision=request.decision, hops=int(request.hops) + 1)
+
+        def send() -> None:
+            resp = self._call(client, fwd, 2.0) if client.wait_for_service(timeout_sec=1.0) else None
+            if resp is None or not resp.accepted:
+                why = "no answer" if resp is None else resp.reason
+                self._result_pub.publish(task_result_for(
+                    task, TaskResult.FAILED, f"{self.server_id} could not hand the task to {where}: {why}",
+                    f"edge:{self.server_id}"))
+                with self.core.lock if self.core else threading.Lock():
+                    if self.core:
+                        self.core.counters["failed"] += 1
+
+        threading.Thread(target=send, daemon=True).start()
+
+    def _on_peer_status(self, msg: EdgeServerStatus) -> None:
+        if self.core is not None and msg.server_id != self.server_id:
+            self.core.update_peer(PeerStatus(msg.server_id, msg.cpu_hz, msg.backlog_s, frozenset(msg.cached_models),
+                                             from_time(msg.stamp)))
+
+    def _publish_status(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        s = core.status()
+        self._status_pub.publish(EdgeServerStatus(
+            server_id=self.server_id, server_index=int(self.get_parameter("server_index").value),
+            stamp=to_time(time.time()), backlog_s=s["backlog_s"], queue_length=s["queue_length"],
+            cached_models=s["cached_models"], storage_used_bytes=s["storage_used_bytes"],
+            storage_budget_bytes=s["storage_budget_bytes"], load=s["load"], cpu_hz=s["cpu_hz"]))
+
+    # -- execution ------------------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        where = f"edge:{self.server_id}"
+        while not self._stop.is_set():
+            core = self.core
+            if core is None:
+                return
+            task = core.next_task(0.2)
+            if task is None:
+                continue
+            busy = 0.0
+            if not core.wait_for_model(task, task.deadline_at_s):
+                now = time.time()
+                if now >= task.deadline_at_s:
+                    state, reason, outcome = (TaskResult.DEADLINE_MISSED,
+                                              f"deadline passed while {self.server_id} fetched {task.model_name}",
+                                              "deadline_missed")
+                else:
+                    state, reason, outcome = (TaskResult.FAILED,
+                                              f"{self.server_id} could not fetch model {task.model_name}", "failed")
+                core.finish(task, outcome, 0.0)
+                self._result_pub.publish(task_result_for(task, state, reason, where,
+                                                         queue_wait_s=now - task.received_at_s))
+                continue
+            start = time.time()
+            wait = start - task.received_at_s
+            budget = core.compute_s(task)
+            left = task.deadline_at_s - start
+            if left <= 0:
+                core.finish(task, "deadline_missed", 0.0)
+                self._result_pub.publish(task_result_for(
+                    task, TaskResult.DEADLINE_MISSED, f"deadline passed while queued at {self.server_id}", where,
+                    queue_wait_s=wait))
+                continue
+            output, mime = b"", ""
+            if self._generator is not None:
+                try:
+                    output, mime = self._generator.run(task, self._model_path(task.model_name))
+                except Exception as exc:  # noqa: BLE001 - a model failure is the task's failure
+                    busy = time.time() - start
+                    core.finish(task, "failed", busy)
+                    self._result_pub.publish(task_result_for(
+                        task, TaskResult.FAILED, f"generation failed on {self.server_id}: {exc}", where,
+                        queue_wait_s=wait, compute_s=busy))
+                    continue
+            # Hold the task for its modeled compute time, cut at the deadline (abort rule).
+            self._stop.wait(max(min(budget, left) - (time.time() - start), 0.0))
+            busy = time.time() - start
+            if budget > left:
+                core.finish(task, "deadline_missed", busy)
+                self._result_pub.publish(task_result_for(
+                    task, TaskResult.DEADLINE_MISSED,
+                    f"aborted at the deadline on {self.server_id} after {left:.3f} s of {budget:.3f} s compute",
+                    where, queue_wait_s=wait, compute_s=busy))
+                continue
+            core.finish(task, "done", busy)
+            self._result_pub.publish(task_result_for(task, TaskResult.DONE, "", where, queue_wait_s=wait,
+                                                     compute_s=busy, output=output, output_mime=mime))
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = EdgeServer()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node._deactivate()
+            node._release_cache()
+            print(f"[INFO] [{node.get_name()}]: Shutting down.", file=sys.stderr, flush=True)
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 1 if node is not None and node.autostart_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
