@@ -98,12 +98,76 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from policies.export import main_export  # imports torch: export is a training-side command
+
+    return main_export(args.run_dir, args.out, args.check_parity or 0, args.seed, args.name, args.json)
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from policies.runtime import DecisionEngine  # torch-free
+
+    engine = DecisionEngine.load(args.policy, preset=args.preset, overrides=_parse_overrides(args.set),
+                                 threads=args.threads, strict_preset=not args.no_strict_preset)
+    try:
+        engine.run_stream(sys.stdin.readline, sys.stdout.write, sys.stdout.flush)
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "decision":
+        from policies.runtime.bench import bench_decision, format_bench_decision
+
+        res = bench_decision(calls=args.decisions, batch=args.decision_batch)
+        print(json.dumps(res) if args.json else format_bench_decision(res))
+        return 0
     from policies.bench import bench_env, format_bench_env
 
     res = bench_env()
     print(json.dumps(res) if args.json else format_bench_env(res))
     return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.what == "build":
+        from genmodels.build import DEFAULT_ZOO, build_zoo  # imports torch (training only)
+
+        out = args.out or str(DEFAULT_ZOO)
+        prov = build_zoo(out, seed=args.seed, quick=args.quick, command=["aigc-offload", *sys.argv[1:]])
+        for m in prov["models"]:
+            print(f"{m['name']:10s} {m['parameters']:>9,d} params {m['size_bytes'] / 1e6:6.2f} MB  "
+                  f"{m['steps']:>5d} steps  final loss {m['final_loss']:.4f}  {m['wall_s']:6.1f} s")
+        print(f"wrote {out}/catalog.yaml and provenance.json in {prov['total_wall_s']:.0f} s")
+        return 0
+    from genmodels.calibrate import run_calibrate
+
+    return run_calibrate(args)
+
+
+def cmd_factory(args: argparse.Namespace) -> int:
+    """Start the factory node graph (the runner beside `ros2 launch aigc_offload factory.launch.py`)."""
+    try:
+        from aigc_offload.deployment import DeploymentError, load_deployment
+        from aigc_offload.runner import run
+    except ImportError as exc:
+        raise UserError(f"the ROS 2 package aigc_offload is not installed in this environment ({exc}); "
+                        "run scripts/setup.sh") from None
+    from pathlib import Path
+
+    config = args.config
+    if config is None:
+        import aigc_offload
+
+        config = str(Path(aigc_offload.__file__).resolve().parent.parent / "config" / "factory.yaml")
+    try:
+        dep = load_deployment(config, _parse_overrides(args.set))
+    except DeploymentError as exc:
+        raise UserError(str(exc)) from None
+    return run(dep, duration_s=args.duration, probe_count=args.probe, workdir=args.logs, stream_logs=args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,9 +209,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("bench", help="benchmarks that print numbers")
-    p.add_argument("what", choices=["env"], help="env: simulator throughput and the LAD-TS Opt-TS episode time")
+    p.add_argument("what", choices=["env", "decision"],
+                   help="env: simulator throughput and the LAD-TS Opt-TS episode time; decision: exported policies' "
+                        "per-decision latency, onnxruntime vs torch, and batch throughput")
+    p.add_argument("--decisions", type=_positive_int, default=10_000, help="decision: timed single decisions per engine")
+    p.add_argument("--decision-batch", type=_positive_int, default=1024, help="decision: tasks per batch for throughput")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("models", help="generative models: build the ONNX zoo, calibrate Gcycles per unit")
+    p.add_argument("what", choices=["build", "calibrate"])
+    p.add_argument("--out", help="build: output directory (default genmodels/zoo)")
+    p.add_argument("--quick", action="store_true", help="build: tiny training runs (tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zoo", help="calibrate: zoo directory with catalog.yaml (default genmodels/zoo)")
+    p.add_argument("--preset", default="factory", help="calibrate: preset name or YAML path to write")
+    p.add_argument("--write", action="store_true", help="calibrate: write gcycles_per_unit into the preset")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--clock-ghz", type=float, help="calibrate: host clock, GHz (default: /proc/cpuinfo or lscpu)")
+    p.add_argument("--repeats", type=_positive_int, default=15, help="calibrate: timed repeats per model")
+    p.add_argument("--threads", type=_positive_int, default=1, help="calibrate: onnxruntime intra-op threads")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export", help="export a trained run's actor to ONNX with its contract (needs torch)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="trained run directory (config.json, checkpoint.pt)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--check-parity", type=_positive_int, metavar="N",
+                   help="check torch vs onnxruntime on N valid observations (e.g. 10000); exit 1 if it fails")
+    p.add_argument("--seed", type=int, default=0, help="seed of the parity observations")
+    p.add_argument("--name", help="policy name in the contract (default: the run directory's name)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("decide", help="decide tasks from JSON lines on stdin (torch-free), one JSON decision per line")
+    p.add_argument("--policy", required=True, help="an exported .onnx file or a heuristic name (greedy, random, ...)")
+    p.add_argument("--preset", default="factory", help="preset name or YAML path the deployment runs (default factory)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset field (dotted keys)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--no-strict-preset", action="store_true",
+                   help="accept a policy exported for another preset of the same observation layout")
+    p.set_defaults(func=cmd_decide)
+    p = sub.add_parser("factory", help="run the factory node graph here (cloud, edge servers, gateway), a process per node")
+    p.add_argument("--config", help="deployment file (default: the package's config/factory.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a deployment field (dotted keys, e.g. gateway.policy=random)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--probe", type=int, default=0, metavar="N",
+                   help="send N task requests once the graph is up and print per-hop latencies")
+    p.add_argument("--logs", help="directory for the node logs (default: a temporary directory)")
+    p.add_argument("--verbose", action="store_true", help="stream the node logs to the terminal")
+    p.set_defaults(func=cmd_factory)
     return parser
 
 

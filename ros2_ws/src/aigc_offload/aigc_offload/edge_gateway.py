@@ -44,14 +44,16 @@ class PolicyLoadError(RuntimeError):
 def load_gateway_policy(spec: str, sim):
     """An exported ONNX policy (path ending .onnx) or a heuristic by name, behind one interface."""
     if spec.endswith(".onnx"):
+        from pathlib import Path
+
+        if not Path(spec).is_file():
+            raise PolicyLoadError(f"policy file '{spec}' does not exist")
         try:
             from policies.runtime import load_policy  # torch-free runtime
         except ImportError as exc:
             raise PolicyLoadError(f"the ONNX runtime is not installed ({exc})") from None
         try:
             return load_policy(spec, sim)
-        except FileNotFoundError:
-            raise PolicyLoadError(f"policy file '{spec}' does not exist") from None
         except Exception as exc:  # noqa: BLE001 - contract errors and broken files alike refuse
             raise PolicyLoadError(f"policy file '{spec}' cannot be used: {exc}") from None
     from policies.errors import UserError
@@ -125,7 +127,7 @@ class EdgeGateway(LifecycleNode):
             except PolicyLoadError as exc2:
                 self.get_logger().error(f"Refusing to configure: {exc}; the fallback failed too: {exc2}")
                 return TransitionCallbackReturn.FAILURE
-            self.get_logger().warn(f"{exc}; using the fallback heuristic '{fallback}'.")
+            self.get_logger().warning(f"{exc}; using the fallback heuristic '{fallback}'.")
         self.core = GatewayCore(sim, plant, policy, name, status_stale_s=float(g("status_stale_s")),
                                 result_grace_s=float(g("result_grace_s")), seed=int(g("seed")))
         self.get_logger().info(f"Configured: policy {name}, {len(plant.devices)} devices, "
@@ -173,7 +175,7 @@ class EdgeGateway(LifecycleNode):
 
     # -- tasks ----------------------------------------------------------------------------------
     def _reject(self, msg: TaskRequest, reason: str) -> None:
-        self.get_logger().warn(f"Rejected task '{msg.task_id}' from '{msg.device_id}': {reason}")
+        self.get_logger().warning(f"Rejected task '{msg.task_id}' from '{msg.device_id}': {reason}")
         self._result_pub.publish(result_msg(msg.task_id, msg.device_id, msg.origin, TaskResult.REJECTED, reason,
                                             created_at_s=from_time(msg.created_at)))
 

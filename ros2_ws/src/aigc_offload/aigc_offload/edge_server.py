@@ -121,7 +121,7 @@ class EdgeServer(LifecycleNode):
         self.manifests = {m.name: m for m in resp.manifests}
         missing = sorted(set(self.work) - set(self.manifests))
         if missing:
-            self.get_logger().warn(f"The cloud catalog lacks preset model(s) {', '.join(missing)}: tasks for them "
+            self.get_logger().warning(f"The cloud catalog lacks preset model(s) {', '.join(missing)}: tasks for them "
                                    "cannot be downloaded here and go to the cloud.")
         cache_dir = str(g("cache_dir"))
         if cache_dir:
@@ -240,7 +240,7 @@ class EdgeServer(LifecycleNode):
                 return
             except FetchError as exc:
                 last = exc
-                self.get_logger().warn(f"Download of {name} failed ({exc}); retrying.")
+                self.get_logger().warning(f"Download of {name} failed ({exc}); retrying.")
         raise FetchError(f"model {name} could not be fetched after 3 attempts: {last}")
 
     def _delete_models(self, names: list[str]) -> None:

@@ -1,0 +1,1 @@
+../ros2_ws/src/aigc_offload/launch/factory.launch.py

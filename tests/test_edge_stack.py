@@ -1,0 +1,382 @@
+"""The ROS 2 edge stack over real DDS between processes: the launch file against the runner, the
+gateway's lifecycle and policy refusal, a task from request to terminal result through gateway,
+edge servers and cloud, a cache miss that downloads and verifies, a corrupted download that is
+rejected and retried.
+
+Every test runs its nodes as their own processes on a random ROS_DOMAIN_ID (100-230) with
+discovery kept on the host, and stops every process it started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+import uuid
+from pathlib import Path
+
+import pytest
+from ros_env import ros_child_env
+
+ROS_OK = (importlib.util.find_spec("rclpy") is not None
+          and importlib.util.find_spec("aigc_offload_interfaces") is not None
+          and importlib.util.find_spec("aigc_offload") is not None)
+pytestmark = pytest.mark.skipif(not ROS_OK, reason="ROS 2 wheels / interfaces / aigc_offload not installed: scripts/setup.sh")
+
+LAUNCH_FILE = Path(__file__).resolve().parent.parent / "ros2_ws/src/aigc_offload/launch/factory.launch.py"
+CONFIG_FILE = Path(__file__).resolve().parent.parent / "ros2_ws/src/aigc_offload/config/factory.yaml"
+
+
+def make_catalog(tmp: Path) -> Path:
+    """A catalog with one file per model of the factory preset (random bytes, 64-300 kB)."""
+    from aigc_offload.model_catalog import manifest_entry, write_index
+    from policies.config import load_preset
+
+    cat = tmp / "catalog"
+    cat.mkdir()
+    entries = []
+    for i, m in enumerate(load_preset("factory").models):
+        f = cat / f"{m.name}.onnx"
+        f.write_bytes(random.Random(i).randbytes(64_000 + 30_000 * i))
+        entries.append(manifest_entry(cat, f.name, m.name, "1.0.0", "text" if m.kind == "report" else "image"))
+    write_index(cat, entries)
+    return cat
+
+
+# -- the launch file and the runner share one node list -----------------------------------------
+def test_launch_file_starts_exactly_the_runners_nodes(monkeypatch, tmp_path):
+    """Run factory.launch.py against recording stand-ins of launch / launch_ros and compare its
+    nodes, executables and parameters with deployment.node_specs (what `aigc-offload factory` starts)."""
+    from aigc_offload.deployment import load_deployment, node_specs
+
+    recorded: list[dict] = []
+
+    class Node:
+        def __init__(self, **kw):
+            recorded.append(kw)
+
+    class LaunchConfiguration:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context[self.name]
+
+    class DeclareLaunchArgument:
+        def __init__(self, name, default_value="", description=""):
+            self.name, self.default_value = name, default_value
+
+    class OpaqueFunction:
+        def __init__(self, function):
+            self.function = function
+
+    mods = {
+        "launch": types.SimpleNamespace(LaunchDescription=list),
+        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=DeclareLaunchArgument,
+                                                OpaqueFunction=OpaqueFunction),
+        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration),
+        "launch_ros": types.SimpleNamespace(),
+        "launch_ros.actions": types.SimpleNamespace(Node=Node),
+        "ament_index_python": types.SimpleNamespace(),
+        "ament_index_python.packages": types.SimpleNamespace(
+            get_package_share_directory=lambda pkg: str(CONFIG_FILE.parent.parent)),
+    }
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location("factory_launch", LAUNCH_FILE)
+    launch_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch_mod)
+    desc = launch_mod.generate_launch_description()
+    args = {a.name: a.default_value for a in desc if isinstance(a, DeclareLaunchArgument)}
+    assert set(args) == {"config", "policy", "num_edge_servers"}
+    assert Path(args["config"]) == CONFIG_FILE
+    opaque = [a for a in desc if isinstance(a, OpaqueFunction)]
+    assert len(opaque) == 1
+
+    for context, overrides in ((dict(args), {}),
+                               ({**args, "policy": "random", "num_edge_servers": "2"},
+                                {"gateway.policy": "random", "num_edge_servers": 2})):
+        recorded.clear()
+        opaque[0].function(context)
+        expected = node_specs(load_deployment(CONFIG_FILE, overrides))
+        assert [(r["package"], r["executable"], r["name"], r["parameters"]) for r in recorded] == \
+            [("aigc_offload", s.executable, s.name, [s.parameters]) for s in expected]
+    assert [r["name"] for r in recorded] == ["cloud_model_server", "edge0", "edge1", "edge_gateway"]
+    # Every executable the launch file names is a console script of the package and a module.
+    setup_py = (LAUNCH_FILE.parent.parent / "setup.py").read_text()
+    for r in recorded:
+        assert f"{r['executable']} = aigc_offload.{r['executable']}:main" in setup_py
+        assert importlib.util.find_spec(f"aigc_offload.{r['executable']}") is not None
+
+
+# -- helpers for the DDS tests -------------------------------------------------------------------
+class RosHarness:
+    """This test process's rclpy context on the test's domain, with a background executor."""
+
+    def __init__(self, domain_id: int):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.ctx = Context()
+        rclpy.init(context=self.ctx, domain_id=domain_id)
+        self.node = rclpy.create_node(f"test_{uuid.uuid4().hex[:6]}", context=self.ctx)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.ctx)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def call(self, client, request, timeout_s: float = 10.0):
+        assert client.wait_for_service(timeout_sec=timeout_s), f"{client.srv_name} not discovered"
+        fut = client.call_async(request)
+        done = threading.Event()
+        fut.add_done_callback(lambda _f: done.set())
+        assert done.wait(timeout_s), f"{client.srv_name}: no reply within {timeout_s} s"
+        return fut.result()
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.ctx)
+
+
+def start_node(module: str, name: str, params: dict, domain_id: int, tmp: Path) -> subprocess.Popen:
+    from aigc_offload.deployment import NodeSpec, params_file_text
+
+    pf = tmp / f"{name}.params.yaml"
+    pf.write_text(params_file_text([NodeSpec(module, name, params)]))
+    return subprocess.Popen(
+        [sys.executable, "-m", f"aigc_offload.{module}", "--ros-args", "-r", f"__node:={name}", "--params-file", str(pf)],
+        env=ros_child_env(domain_id), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+
+
+def stop_nodes(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
+    out = []
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            log, _ = p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            log, _ = p.communicate(timeout=5)
+        out.append((p.returncode, log))
+    return out
+
+
+def request_msg(device_id: str, model: str, *, task_id: str | None = None, deadline_s: float = 2.5, units: int = 64,
+                input_bits: int = 2_000_000):
+    from aigc_offload.messages import to_time
+    from aigc_offload_interfaces.msg import TaskRequest
+
+    report = model.startswith("report")
+    return TaskRequest(
+        task_id=task_id or f"t-{uuid.uuid4().hex[:10]}", device_id=device_id, origin="test",
+        device_kind=TaskRequest.DEVICE_CONTROLLER if report else TaskRequest.DEVICE_CAMERA,
+        task_kind=TaskRequest.TASK_REPORT if report else TaskRequest.TASK_DEFECT_IMAGE, model_name=model,
+        input_bits=input_bits, output_tokens=units if report else 0, denoising_steps=0 if report else units,
+        deadline_s=deadline_s, created_at=to_time(time.time()), prompt="shift report")
+
+
+# -- gateway lifecycle and policy refusal ----------------------------------------------------------
+def test_gateway_lifecycle_refuses_a_missing_or_broken_policy_unless_a_fallback_is_set(tmp_path):
+    from lifecycle_msgs.msg import State, Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    domain = random.randint(100, 230)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"this is not an ONNX file")
+    gw = start_node("edge_gateway", "edge_gateway", {"preset": "factory", "num_edge_servers": 2,
+                                                    "policy": str(tmp_path / "missing.onnx")}, domain, tmp_path)
+    ros = RosHarness(domain)
+    try:
+        change = ros.node.create_client(ChangeState, "/edge_gateway/change_state")
+        get_state = ros.node.create_client(GetState, "/edge_gateway/get_state")
+        set_params = ros.node.create_client(SetParameters, "/edge_gateway/set_parameters")
+
+        def transition(tid):
+            return ros.call(change, ChangeState.Request(transition=Transition(id=tid)), 20.0).success
+
+        def state():
+            return ros.call(get_state, GetState.Request()).current_state.id
+
+        def set_param(name, value):
+            p = Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))
+            assert ros.call(set_params, SetParameters.Request(parameters=[p])).results[0].successful
+
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert not transition(Transition.TRANSITION_CONFIGURE)  # missing file
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED
+        set_param("policy", str(broken))
+        assert not transition(Transition.TRANSITION_CONFIGURE)  # not an ONNX policy
+        set_param("policy", "opt")
+        assert not transition(Transition.TRANSITION_CONFIGURE)  # needs an oracle
+        set_param("fallback_policy", "round_robin")
+        assert transition(Transition.TRANSITION_CONFIGURE)  # broken policy, fallback used
+        assert transition(Transition.TRANSITION_ACTIVATE)
+        assert state() == State.PRIMARY_STATE_ACTIVE
+        assert transition(Transition.TRANSITION_DEACTIVATE)
+        assert state() == State.PRIMARY_STATE_INACTIVE
+        assert transition(Transition.TRANSITION_CLEANUP)
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED
+    finally:
+        ros.close()
+        (rc, log), = stop_nodes([gw])
+    assert rc == 0, log[-3000:]
+    assert f"Refusing to configure: policy file '{tmp_path / 'missing.onnx'}' does not exist" in log, log[-3000:]
+    assert (f"Refusing to configure: policy file '{broken}' cannot be used" in log
+            or "Refusing to configure: the ONNX runtime is not installed" in log), log[-3000:]
+    assert "needs the simulator's true state" in log, log[-3000:]
+    assert "using the fallback heuristic 'round_robin'" in log, log[-3000:]
+
+
+# -- one task from request to result through the whole graph ---------------------------------------
+def test_tasks_flow_from_request_to_one_terminal_result(tmp_path):
+    """cloud + 2 edge servers + gateway, started by the runner from the deployment; this process
+    plays the devices: it sends requests, runs the tasks the gateway keeps local, and checks that
+    every task (also a malformed one) gets exactly one terminal result."""
+    from aigc_offload.deployment import DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
+    from aigc_offload.deployment import Deployment, draw_plant, node_specs
+    from aigc_offload.messages import result_msg
+    from aigc_offload.runner import Graph
+    from aigc_offload_interfaces.msg import Decision, TaskRequest, TaskResult
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    domain = random.randint(100, 230)
+    cat = make_catalog(tmp_path)
+    dep = Deployment(preset="factory", num_edge_servers=2, gateway={"policy": "greedy"},
+                     cloud={"catalog_dir": str(cat)})
+    plant = draw_plant(dep)
+    graph = Graph(node_specs(dep, plant), tmp_path, ros_child_env(domain))
+    graph.start()
+    ros = RosHarness(domain)
+    decisions: dict[str, Decision] = {}
+    results: dict[str, list[TaskResult]] = {}
+    alive = threading.Event()
+    try:
+        exec_pub = ros.node.create_publisher(TaskResult, EXECUTION_RESULT_TOPIC, 100)
+
+        def on_decision(msg: Decision) -> None:
+            decisions[msg.task_id] = msg
+            if msg.target_kind == Decision.TARGET_LOCAL:  # the device runs it and reports back
+                exec_pub.publish(result_msg(msg.task_id, "", "test", TaskResult.DONE, executed_on="local"))
+
+        ros.node.create_subscription(Decision, DECISION_TOPIC, on_decision, 100)
+        ros.node.create_subscription(TaskResult, RESULT_TOPIC,
+                                     lambda m: results.setdefault(m.task_id, []).append(m), 100)
+
+        def on_diag(msg):
+            for st in msg.status:
+                kv = {v.key: v.value for v in st.values}
+                if kv.get("edge_servers_alive") == "2/2":
+                    alive.set()
+
+        ros.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+        pub = ros.node.create_publisher(TaskRequest, REQUEST_TOPIC, 100)
+        assert alive.wait(45.0), "the gateway never saw both edge servers: " + graph.tail("edge0") + graph.tail("edge_gateway")
+        assert not graph.failed()
+        ctrl = [d for d in plant.devices if d.kind == "controller"]
+        cams = [d for d in plant.devices if d.kind == "camera"]
+        good = [request_msg(ctrl[0].device_id, "report-s"), request_msg(ctrl[1].device_id, "report-m", units=150),
+                request_msg(cams[0].device_id, "defect-s", units=8, deadline_s=1.5),
+                request_msg(cams[1].device_id, "defect-xl", units=15, deadline_s=1.5, input_bits=7_000_000)]
+        bad = [request_msg("line9/plc99", "report-s"),  # not a device of this plant
+               request_msg(ctrl[2].device_id, "report-huge"),  # not in the catalog
+               request_msg(ctrl[3].device_id, "report-s", deadline_s=0.0)]
+        for msg in good + bad:
+            pub.publish(msg)
+            time.sleep(0.05)
+        want = {m.task_id for m in good + bad}
+        end = time.monotonic() + 15.0
+        while set(results) != want and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a second terminal result would arrive now
+    finally:
+        ros.close()
+        codes = graph.stop()
+    logs = "\n".join(graph.tail(n, 30) for n in ("cloud_model_server", "edge0", "edge1", "edge_gateway"))
+    assert set(results) == want, f"missing terminal results for {want - set(results)}\n{logs}"
+    assert all(len(v) == 1 for v in results.values()), "a task got more than one terminal result"
+    for m in good:
+        r = results[m.task_id][0]
+        assert r.state == TaskResult.DONE, f"{m.model_name}: {r.state} {r.reason}\n{logs}"
+        assert r.device_id == m.device_id and r.origin == "test"
+        assert 0 < r.latency_s < m.deadline_s
+        assert m.task_id in decisions
+    reasons = [results[m.task_id][0].reason for m in bad]
+    assert all(results[m.task_id][0].state == TaskResult.REJECTED for m in bad)
+    assert "device 'line9/plc99' is not part of this deployment" in reasons[0]
+    assert "model 'report-huge' is not in the catalog" in reasons[1]
+    assert "deadline_s must be positive" in reasons[2]
+    assert all(c == 0 for c in codes.values()), f"exit codes {codes}\n{logs}"
+
+
+# -- cache miss: download, verify, run; corrupted download rejected, then retried ------------------
+def test_cache_miss_downloads_verifies_runs_and_a_corrupted_download_is_refused(tmp_path):
+    from aigc_offload.deployment import EXECUTION_RESULT_TOPIC
+    from aigc_offload_interfaces.msg import Decision, TaskResult
+    from aigc_offload_interfaces.srv import SubmitTask
+
+    domain = random.randint(100, 230)
+    cat = make_catalog(tmp_path)
+    cache = tmp_path / "cache"
+    procs = [start_node("cloud_model_server", "cloud_model_server",
+                        {"catalog_dir": str(cat), "max_chunk_bytes": 32768, "autostart": True}, domain, tmp_path),
+             start_node("edge_server", "edge0", {"server_id": "edge0", "cpu_ghz": 20.0, "storage_mb": 400.0,
+                                                 "initial_models": [""], "cache_dir": str(cache), "forwarding": False,
+                                                 "download_chunk_bytes": 32768, "autostart": True}, domain, tmp_path)]
+    ros = RosHarness(domain)
+    results: dict[str, TaskResult] = {}
+    try:
+        ros.node.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, lambda m: results.setdefault(m.task_id, m), 100)
+        submit = ros.node.create_client(SubmitTask, "/edge0/submit_task")
+
+        def run(model: str) -> tuple:
+            req = request_msg("line1/plc01", model)
+            dec = Decision(task_id=req.task_id, target_kind=Decision.TARGET_EDGE, target_index=0, target_id="edge0",
+                           offload_share=1.0, download_model=True, model_name=model)
+            ack = ros.call(submit, SubmitTask.Request(task=req, decision=dec), 30.0)
+            end = time.monotonic() + 20.0
+            while req.task_id not in results and time.monotonic() < end:
+                time.sleep(0.02)
+            return ack, results.get(req.task_id)
+
+        ack, res = run("report-s")
+        assert ack.accepted and ack.action == "download"
+        assert res is not None and res.state == TaskResult.DONE, res
+        assert res.model_downloaded and not res.cache_hit and res.executed_on == "edge:edge0"
+        blob = (cat / "report-s.onnx").read_bytes()
+        cached = cache / "edge0" / "report-s-1.0.0.onnx"
+        assert hashlib.sha256(cached.read_bytes()).digest() == hashlib.sha256(blob).digest()
+
+        ack, res = run("report-s")  # now a hit
+        assert ack.action == "queue" and res.state == TaskResult.DONE and res.cache_hit
+
+        # Corrupt report-m in the cloud's catalog after it was verified: same size, other bytes.
+        good = (cat / "report-m.onnx").read_bytes()
+        (cat / "report-m.onnx").write_bytes(bytes(b ^ 0x5A for b in good[:100]) + good[100:])
+        ack, res = run("report-m")
+        assert ack.accepted and res is not None and res.state == TaskResult.FAILED
+        assert "could not fetch model report-m" in res.reason
+        assert not (cache / "edge0" / "report-m-1.0.0.onnx").exists()
+        (cat / "report-m.onnx").write_bytes(good)  # the cloud is repaired: the next miss downloads again
+        ack, res = run("report-m")
+        assert ack.action == "download" and res.state == TaskResult.DONE and res.model_downloaded
+    finally:
+        ros.close()
+        out = stop_nodes(procs)
+    logs = "\n".join(log[-2500:] for _rc, log in out)
+    assert all(rc == 0 for rc, _log in out), logs
+    assert logs.count("Download of report-m failed") >= 3 and "the download was discarded" in logs, logs
