@@ -292,7 +292,7 @@ def test_tasks_flow_from_request_to_one_terminal_result(tmp_path):
         good = [request_msg(ctrl[0].device_id, "report-s"), request_msg(ctrl[1].device_id, "report-m", units=150),
                 request_msg(cams[0].device_id, "defect-s", units=8, deadline_s=1.5),
                 request_msg(cams[1].device_id, "defect-xl", units=15, deadline_s=1.5, input_bits=7_000_000)]
-        bad = [request_msg("line9/plc99", "report-s"),  # not a device of this plant
+        bad = [request_msg("plc99", "report-s"),  # not a device of this plant
                request_msg(ctrl[2].device_id, "report-huge"),  # not in the catalog
                request_msg(ctrl[3].device_id, "report-s", deadline_s=0.0)]
         for msg in good + bad:
@@ -317,7 +317,7 @@ def test_tasks_flow_from_request_to_one_terminal_result(tmp_path):
         assert m.task_id in decisions
     reasons = [results[m.task_id][0].reason for m in bad]
     assert all(results[m.task_id][0].state == TaskResult.REJECTED for m in bad)
-    assert "device 'line9/plc99' is not part of this deployment" in reasons[0]
+    assert "device 'plc99' is not part of this deployment" in reasons[0]
     assert "model 'report-huge' is not in the catalog" in reasons[1]
     assert "deadline_s must be positive" in reasons[2]
     assert all(c == 0 for c in codes.values()), f"exit codes {codes}\n{logs}"
@@ -343,8 +343,10 @@ def test_cache_miss_downloads_verifies_runs_and_a_corrupted_download_is_refused(
         ros.node.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, lambda m: results.setdefault(m.task_id, m), 100)
         submit = ros.node.create_client(SubmitTask, "/edge0/submit_task")
 
+        assert submit.wait_for_service(timeout_sec=45.0), "edge0 never served submit_task"
+
         def run(model: str) -> tuple:
-            req = request_msg("line1/plc01", model)
+            req = request_msg("plc01", model, deadline_s=10.0)  # generous: this test is about the download
             dec = Decision(task_id=req.task_id, target_kind=Decision.TARGET_EDGE, target_index=0, target_id="edge0",
                            offload_share=1.0, download_model=True, model_name=model)
             ack = ros.call(submit, SubmitTask.Request(task=req, decision=dec), 30.0)

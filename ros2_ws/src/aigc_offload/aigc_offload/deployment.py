@@ -143,8 +143,9 @@ class Plant:
     models: tuple[str, ...]
 
 
-def device_id(kind: str, line: int, number: int) -> str:
-    return f"line{line + 1}/{'plc' if kind == 'controller' else 'cam'}{number:02d}"
+def device_id(kind: str, number: int) -> str:
+    """Device ids are one safe topic level (MQTT unified namespace, OPC UA browse name): plc01, cam03."""
+    return f"{'plc' if kind == 'controller' else 'cam'}{number:02d}"
 
 
 def draw_plant(dep: Deployment) -> Plant:
@@ -161,14 +162,12 @@ def draw_plant(dep: Deployment) -> Plant:
     sim.reset(wl)
     cpu = np.asarray(wl.params["device_cpu_ghz"], dtype=float)
     xy = np.asarray(wl.params["device_xy_m"], dtype=float)
-    counters: dict[tuple[str, int], int] = {}
     devices = []
     for m in range(sim.M):
         kind = "controller" if m < p.num_controllers else "camera"
         line = m % p.num_lines
-        num = counters.get((kind, line), 0) + 1
-        counters[(kind, line)] = num
-        devices.append(DeviceSpec(device_id(kind, line, num), m, kind, line, float(cpu[m]),
+        num = m + 1 if kind == "controller" else m - p.num_controllers + 1
+        devices.append(DeviceSpec(device_id(kind, num), m, kind, line, float(cpu[m]),
                                   (float(xy[m, 0]), float(xy[m, 1])),
                                   tuple(float(r) / 1e6 for r in sim.rate_nominal[m, :n_edges])))
     names = [mm.name for mm in p.models]
