@@ -93,6 +93,8 @@ def load_deployment(path: str | Path, overrides: dict[str, Any] | None = None) -
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise DeploymentError(f"deployment file '{path}' does not exist") from None
+    except OSError as exc:
+        raise DeploymentError(f"deployment file '{path}' cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise DeploymentError(f"deployment file '{path}' is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -102,6 +104,8 @@ def load_deployment(path: str | Path, overrides: dict[str, Any] | None = None) -
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise DeploymentError(f"override '{key}': '{part}' is not a section of the deployment")
         node[parts[-1]] = value
     try:
         return Deployment.model_validate(data)

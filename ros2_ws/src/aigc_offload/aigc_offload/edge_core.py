@@ -125,7 +125,8 @@ class EdgeServerCore:
     threads and its worker thread)."""
 
     def __init__(self, server_id: str, cpu_hz: float, cache: ModelCache, *, forwarding: bool = True,
-                 inter_link_bps: float = 400e6, max_hops: int = 1, clock: Callable[[], float] | None = None):
+                 inter_link_bps: float = 400e6, download_bps: float = float("inf"), max_hops: int = 1,
+                 clock: Callable[[], float] | None = None):
         import time
 
         if cpu_hz <= 0:
@@ -135,6 +136,7 @@ class EdgeServerCore:
         self.cache = cache
         self.forwarding = forwarding
         self.inter_link_bps = float(inter_link_bps)
+        self.download_bps = float(download_bps)  # cloud -> this server, for the download-time estimate
         self.max_hops = max_hops
         self.clock = clock or time.time
         self.peers: dict[str, PeerStatus] = {}
@@ -174,10 +176,15 @@ class EdgeServerCore:
         with self.lock:
             hit = self.cache.has(task.model_name)
             own_ok = hit or task.download or task.model_name in self.downloading
-            own_finish = now + self.backlog_s(now) + float(compute_delay_s(task.work_cycles, self.cpu_hz)) \
+            # The model is usable now (hit, or a download already running), or after a fresh
+            # download of X / r_c (MATO eq. 7), as the simulator's own_avail.
+            ready = now if hit or task.model_name in self.downloading else \
+                now + 8.0 * self.cache.sizes[task.model_name] / self.download_bps
+            own_finish = max(now + self.backlog_s(now), ready) + float(compute_delay_s(task.work_cycles, self.cpu_hz)) \
                 if own_ok else float("inf")
             best_peer, best_finish = None, own_finish
-            if (self.forwarding or not own_ok) and task.hops < self.max_hops:
+            # With forwarding off the simulator never looks at peers: a miss without download goes to the cloud.
+            if self.forwarding and task.hops < self.max_hops:
                 for peer in self.peers.values():
                     if task.model_name in peer.cached:
                         f = self.peer_finish_s(peer, task, now)

@@ -135,7 +135,8 @@ class EdgeServer(LifecycleNode):
                            sizes={n: w.size_bytes for n, w in self.work.items()})
         self.core = EdgeServerCore(self.server_id, float(g("cpu_ghz")) * 1e9, cache,
                                    forwarding=bool(g("forwarding")) and bool(preset.edge_forwarding),
-                                   inter_link_bps=float(g("inter_link_mbps")) * 1e6)
+                                   inter_link_bps=float(g("inter_link_mbps")) * 1e6,
+                                   download_bps=preset.cloud_download_mbps * 1e6)
         for name in [m for m in g("initial_models") if m]:
             if name not in self.manifests:
                 return self._fail(f"initial model '{name}' is not in the cloud catalog")

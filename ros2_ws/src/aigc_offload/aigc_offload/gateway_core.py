@@ -149,7 +149,7 @@ class GatewayCore:
         if m is None:
             raise RequestError(f"model '{req.model_name}' is not in the catalog ({', '.join(self.models)})")
         if m.kind != req.kind:
-            raise RequestError(f"model '{req.model_name}' makes {m.kind}s, the task asks for a {req.kind}")
+            raise RequestError(f"model '{req.model_name}' makes {m.kind}s, the task asks for {'an' if req.kind == 'image' else 'a'} {req.kind}")
         if req.units <= 0:
             raise RequestError(f"{'output_tokens' if req.kind == 'report' else 'denoising_steps'} must be positive")
         if not req.deadline_s > 0:
@@ -255,9 +255,14 @@ class GatewayCore:
             if tr is None:
                 self.counters["late_results"] += 1
                 return None
-            if part not in tr.pending:
-                # A whole-task result for a split task (or the reverse) still settles the part.
-                part = next(iter(tr.pending))
+            split = tr.decision.parts != (PART_WHOLE,)
+            if split and part == PART_WHOLE:
+                part = PART_REMOTE if "local" not in executed_on else PART_LOCAL  # an executor that ignores parts
+            elif not split and part != PART_WHOLE:
+                part = PART_WHOLE
+            if part not in tr.pending:  # a duplicate of a settled part
+                self.counters["late_results"] += 1
+                return None
             tr.pending.discard(part)
             tr.results.append((part, state, reason, now, executed_on, msg))
             if state != DONE:
