@@ -34,6 +34,8 @@ ALGOS: dict[str, Algo] = {
                            preset_overrides={"model_aware": False}),
     "saddpg": Algo("policies.train.maddpg", "mato", "SADDPG: independent DDPG per ED on its own reward",
                    preset_overrides={"reward_mode": "individual"}, config_overrides={"centralized_critic": False}),
+    "factory_distill": Algo("policies.train.factory_distill", "factory",
+                            "factory gateway actor: DAgger from the factory opt, observation only"),
 }
 
 

@@ -1,0 +1,118 @@
+"""The policy contract an exported ONNX file carries in its metadata (DESIGN principle 2).
+
+One ONNX ``metadata_props`` entry, key :data:`CONTRACT_KEY`, holds the contract as JSON (every key
+is described in docs/runtime.md). :func:`check_contract` compares it with the simulator (the
+scenario, its observation layout, its preset) and raises :class:`ContractError`, whose message is one
+sentence naming the mismatch, when the runtime cannot meet it.
+
+torch-free: numpy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from policies.errors import UserError
+
+CONTRACT_KEY = "aigc_offload.contract"
+CONTRACT_FORMAT = "aigc-offload-policy"
+CONTRACT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+# Roles of graph inputs the runtime knows how to feed.
+INPUT_ROLES = ("observation", "agent_index", "state", "noise")
+
+
+class ContractError(UserError):
+    """A policy file whose contract this runtime or this simulator cannot meet."""
+
+
+def layout_json(layout) -> list[dict[str, Any]]:
+    """An ``OBS_LAYOUT`` (tuple of ObsField) as the contract's ``observation.fields``."""
+    out, offset = [], 0
+    for f in layout:
+        out.append({"name": f.name, "unit": f.unit, "scale": float(f.scale), "width": int(f.width),
+                    "offset": offset, "doc": f.doc})
+        offset += int(f.width)
+    return out
+
+
+def parse_contract(meta: dict[str, str] | None, source: str) -> dict[str, Any]:
+    """The contract dict from a file's metadata map; refuses missing, unreadable or unknown versions."""
+    if not meta or CONTRACT_KEY not in meta:
+        raise ContractError(f"'{source}' carries no policy contract (ONNX metadata key '{CONTRACT_KEY}' is missing); "
+                            "export the policy with `aigc-offload export`")
+    try:
+        c = json.loads(meta[CONTRACT_KEY])
+    except ValueError as exc:
+        raise ContractError(f"'{source}' has a policy contract that is not valid JSON ({exc})") from None
+    if not isinstance(c, dict):
+        raise ContractError(f"'{source}' has a policy contract that is not a JSON object")
+    version = c.get("contract_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise ContractError(f"'{source}' uses policy contract version {version!r}; this runtime reads version(s) "
+                            f"{', '.join(map(str, SUPPORTED_VERSIONS))}")
+    if c.get("format") != CONTRACT_FORMAT:
+        raise ContractError(f"'{source}' has contract format {c.get('format')!r}, not '{CONTRACT_FORMAT}'")
+    for key in ("scenario", "preset_hash", "observation", "inputs", "outputs", "action", "state"):
+        if key not in c:
+            raise ContractError(f"'{source}' has a version {version} policy contract without its '{key}' entry")
+    return c
+
+
+def _same_scale(a: float, b: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+
+
+def check_layout(contract_fields: list[dict], sim_fields: list[dict], source: str) -> None:
+    """Every observation field equal in order, name, unit, scale and width."""
+    for i, (p, s) in enumerate(zip(contract_fields, sim_fields)):
+        for key in ("name", "width", "unit"):
+            if p.get(key) != s[key]:
+                raise ContractError(
+                    f"'{source}' expects observation field {i} to be '{p.get('name')}' ({key} {p.get(key)!r}), "
+                    f"but the simulator's field {i} is '{s['name']}' ({key} {s[key]!r})")
+        if not isinstance(p.get("scale"), (int, float)) or not _same_scale(p["scale"], s["scale"]):
+            raise ContractError(f"'{source}' expects observation field '{s['name']}' scaled by {p.get('scale')!r}, "
+                                f"but the simulator scales it by {s['scale']!r}")
+    if len(contract_fields) != len(sim_fields):
+        longer, which = (contract_fields, "policy") if len(contract_fields) > len(sim_fields) else (sim_fields, "simulator")
+        extra = longer[min(len(contract_fields), len(sim_fields))]["name"]
+        raise ContractError(f"'{source}' has {len(contract_fields)} observation fields and the simulator "
+                            f"{len(sim_fields)}: the {which} has an extra field '{extra}'")
+
+
+def check_contract(contract: dict[str, Any], sim, source: str, strict_preset: bool = True) -> None:
+    """Refuse a contract the simulator ``sim`` cannot meet (scenario, layout, preset, sizes)."""
+    from policies.config import preset_hash  # torch-free
+
+    if contract["scenario"] != sim.name:
+        raise ContractError(f"'{source}' is a policy for scenario '{contract['scenario']}', but the simulator runs "
+                            f"scenario '{sim.name}'")
+    obs = contract["observation"]
+    check_layout(obs.get("fields", []), layout_json(sim.OBS_LAYOUT), source)
+    if int(obs.get("dim", -1)) != sim.obs_dim():
+        raise ContractError(f"'{source}' reads observations of width {obs.get('dim')}, the simulator builds "
+                            f"width {sim.obs_dim()}")
+    if strict_preset:
+        have = preset_hash(sim.preset)
+        if contract["preset_hash"] != have:
+            raise ContractError(
+                f"'{source}' was exported for preset '{contract.get('preset_name')}' with hash "
+                f"{str(contract['preset_hash'])[:12]}, but the simulator's preset has hash {have[:12]} "
+                "(load it with strict_preset=False / --no-strict-preset to accept a different preset of the same layout)")
+    for inp in contract["inputs"]:
+        if inp.get("role") not in INPUT_ROLES:
+            raise ContractError(f"'{source}' has graph input '{inp.get('name')}' with role {inp.get('role')!r}, which "
+                                f"this runtime cannot feed (known roles: {', '.join(INPUT_ROLES)})")
+        if inp["role"] == "agent_index":
+            devices = getattr(sim, "M", None)
+            if devices is not None and int(inp.get("count", 0)) < devices:
+                raise ContractError(f"'{source}' holds {inp.get('count')} per-device actors, but the simulator has "
+                                    f"{devices} devices")
+    targets = getattr(sim, "target_names", None)
+    want = contract["action"].get("targets")
+    if targets is not None and want is not None and list(targets) != list(want):
+        raise ContractError(f"'{source}' decides among targets {want}, but the simulator's targets are {list(targets)}")
