@@ -256,7 +256,7 @@ def test_tasks_flow_from_request_to_one_terminal_result(tmp_path):
     domain = random.randint(100, 230)
     cat = make_catalog(tmp_path)
     dep = Deployment(preset="factory", num_edge_servers=2, gateway={"policy": "greedy"},
-                     cloud={"catalog_dir": str(cat)})
+                     edge_server={"execution": "generative"})  # the shipped zoo: real models run
     plant = draw_plant(dep)
     graph = Graph(node_specs(dep, plant), tmp_path, ros_child_env(domain))
     graph.start()
@@ -311,6 +311,11 @@ def test_tasks_flow_from_request_to_one_terminal_result(tmp_path):
     for m in good:
         r = results[m.task_id][0]
         assert r.state == TaskResult.DONE, f"{m.model_name}: {r.state} {r.reason}\n{logs}"
+        if r.executed_on.startswith("edge:"):  # generated there by the real model
+            if m.model_name.startswith("defect"):
+                assert r.output_mime == "image/png" and bytes(r.output[:8]) == b"\x89PNG\r\n\x1a\n"
+            else:
+                assert r.output_mime.startswith("text/plain") and len(bytes(r.output).decode()) > 0
         assert r.device_id == m.device_id and r.origin == "test"
         assert 0 < r.latency_s < m.deadline_s
         assert m.task_id in decisions
