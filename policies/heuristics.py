@@ -133,15 +133,20 @@ GENERIC_POLICIES: dict[str, type[Policy]] = {
 
 def make_policy(name: str, sim: Simulator) -> Policy:
     """The policy ``name`` for ``sim``'s scenario; scenario-specific implementations come first.
-    ``run:DIR`` or a trained run's directory gives that run's policy (torch is imported only then)."""
+    ``run:DIR`` or a trained run's directory gives that run's policy (torch is imported only then);
+    a path ending in ``.onnx`` gives the exported policy through the torch-free runtime."""
     if name not in sim.POLICIES:
+        if name.endswith(".onnx"):
+            from policies.runtime import OnnxPolicy  # torch-free
+
+            return OnnxPolicy(name, sim)
         from policies.train.registry import is_run_reference, load_trained_policy  # torch-free module
 
         if is_run_reference(name):
             return load_trained_policy(name, sim)
         raise UnknownNameError(
             f"unknown policy '{name}' for scenario '{sim.name}'; available: {', '.join(sim.POLICIES)}, "
-            "or a trained run as run:DIR"
+            "a trained run as run:DIR, or an exported FILE.onnx"
         )
     policy = sim.scenario_policy(name)
     if policy is None:

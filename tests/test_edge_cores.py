@@ -796,7 +796,7 @@ def test_load_deployment_reads_a_good_file(tmp_path):
     dep = load_deployment(f)
     assert (dep.preset, dep.seed, dep.num_edge_servers) == ("factory", 3, 2)
     assert dep.gateway.policy == "local" and dep.gateway.result_grace_s == 0.25
-    assert dep.gateway.fallback_policy == "" and dep.gateway.submit_timeout_s == 1.0  # defaults
+    assert dep.gateway.fallback_policy == "greedy" and dep.gateway.submit_timeout_s == 1.0  # defaults
     assert dep.edge_server.status_period_s == 0.2 and dep.edge_server.download_chunk_bytes == 1 << 20
     assert dep.cloud.catalog_dir == "" and dep.cloud.max_chunk_bytes == 1 << 20
     empty = tmp_path / "empty.yaml"
@@ -813,7 +813,12 @@ def test_load_deployment_reads_the_shipped_file():
     if not f.is_file():
         pytest.skip("config/factory.yaml is not next to the package")
     dep = load_deployment(f)
-    assert dep.preset == "factory" and dep.num_edge_servers is None and dep.gateway.policy == "greedy"
+    assert dep.preset == "factory" and dep.num_edge_servers is None
+    # The default gateway policy is the shipped trained one, with greedy as its fallback.
+    import policies
+
+    assert dep.gateway.policy == "factory_distill_s0.onnx" and dep.gateway.fallback_policy == "greedy"
+    assert (Path(policies.__file__).resolve().parent / "trained" / dep.gateway.policy).is_file()
 
 
 def test_load_deployment_applies_dotted_overrides(tmp_path):

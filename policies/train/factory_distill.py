@@ -252,6 +252,9 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                 "num_share_levels": S, "hidden": list(hidden_sizes(cfg)), "target_names": list(sim.target_names),
                 "share_levels": list(sim.preset.share_levels)}
     ckpt = common.load_checkpoint(out)
+    if ckpt is not None and "actor_last" not in ckpt:
+        raise UserError(f"'{out}' holds a shipped policy (slim checkpoint, no optimizer or data); train into a "
+                        "new --out directory")
     if ckpt is not None:
         old = ckpt["resolved"]
         for key in ("algo", "seed", "preset_hash"):
@@ -418,6 +421,26 @@ class FactoryDistillPolicy(Policy):
         if ckpt is None:
             raise UserError(f"run '{run_dir}' has no checkpoint yet")
         return load_policy(name or f"run:{run_dir}", run_dir, sim, json.loads((run_dir / common.CONFIG).read_text()), ckpt)
+
+
+SLIM_KEYS = ("resolved", "episode", "iteration", "obs_dim", "num_targets", "num_share_levels", "hidden",
+             "share_levels", "target_names", "actor", "best_reward", "best_episode", "best_val", "wall_s")
+
+
+def ship_run(run_dir: str | Path, dest: str | Path) -> Path:
+    """Copy a finished run as a deployable policy: config.json, metrics.csv and a slim checkpoint.pt (the
+    best actor and its metadata; no optimizer, RNG or training data, so it cannot be resumed)."""
+    import shutil
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    ckpt = common.load_checkpoint(run_dir)
+    if ckpt is None:
+        raise UserError(f"run '{run_dir}' has no checkpoint yet")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (common.CONFIG, common.METRICS):
+        shutil.copyfile(run_dir / name, dest / name)
+    common.save_checkpoint(dest, {k: ckpt[k] for k in SLIM_KEYS})
+    return dest
 
 
 def load_actor(ckpt: dict) -> FactoryActor:

@@ -17,8 +17,8 @@ Deployment file (``config/factory.yaml``)::
     seed: 0                    # device draw (CPUs, positions)
     num_edge_servers: null     # null = all of the preset's; fewer takes the first ones
     gateway:
-      policy: greedy           # heuristic name, or a path to an exported .onnx policy
-      fallback_policy: ""      # heuristic used when `policy` cannot be loaded ("" = refuse)
+      policy: factory_distill_s0.onnx   # heuristic name, or an exported .onnx policy
+      fallback_policy: greedy  # heuristic used when `policy` cannot be loaded ("" = refuse)
     edge_server:
       execution: paced         # paced: hold each task for its modeled compute time W / f_n
       status_period_s: 0.1
@@ -52,8 +52,9 @@ class DeploymentError(ValueError):
 
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    policy: str = Field("greedy", description="heuristic name or path to an exported .onnx policy")
-    fallback_policy: str = Field("", description="heuristic used if `policy` cannot be loaded; '' = refuse to activate")
+    policy: str = Field("factory_distill_s0.onnx",
+                        description="heuristic name or an exported .onnx policy (relative: cwd, then policies/trained/)")
+    fallback_policy: str = Field("greedy", description="heuristic used if `policy` cannot be loaded; '' = refuse to activate")
     result_grace_s: float = Field(0.5, ge=0, description="wait past a task's deadline before declaring it missed, s")
     submit_timeout_s: float = Field(1.0, gt=0, description="how long a hand-off to a server may take, s")
     diagnostics_period_s: float = Field(1.0, gt=0, description="diagnostics publication period, s")

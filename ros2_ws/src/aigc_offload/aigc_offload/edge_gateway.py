@@ -41,11 +41,26 @@ class PolicyLoadError(RuntimeError):
     """The configured policy cannot be used; ``str()`` names the problem."""
 
 
+def resolve_policy_path(spec: str) -> str:
+    """A relative .onnx path is looked up in the working directory, then among the shipped trained
+    policies (``policies/trained/``), so ``factory_distill_s0.onnx`` names the shipped one."""
+    from pathlib import Path
+
+    p = Path(spec)
+    if p.is_absolute() or p.is_file():
+        return spec
+    import policies
+
+    shipped = Path(policies.__file__).resolve().parent / "trained" / p
+    return str(shipped) if shipped.is_file() else spec
+
+
 def load_gateway_policy(spec: str, sim):
     """An exported ONNX policy (path ending .onnx) or a heuristic by name, behind one interface."""
     if spec.endswith(".onnx"):
         from pathlib import Path
 
+        spec = resolve_policy_path(spec)
         if not Path(spec).is_file():
             raise PolicyLoadError(f"policy file '{spec}' does not exist")
         try:
