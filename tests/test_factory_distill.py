@@ -136,3 +136,38 @@ def test_shipped_policy_loads_and_evaluates():
     pol = fd.FactoryDistillPolicy.from_run(SHIPPED, sim)
     m = run_episode(sim, pol, generate_workloads(sim, 1, 1000)[0], 1000)
     assert m["tasks"] > 0 and 0.0 <= m["completion_rate"] <= 1.0
+
+
+def test_cli_train_progress_and_evaluate_run_dir(tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "policies.cli", *args], capture_output=True, text=True, timeout=120)
+
+    sets = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+    p = cli("train", "--scenario", "factory", "--algo", "factory_distill", "--seed", "1", "--episodes", "2",
+            "--out", str(tmp_path), *sets)
+    assert p.returncode == 0, p.stderr
+    assert "train factory_distill" in p.stderr and "reward=" in p.stderr  # the progress bar
+    assert json.loads((tmp_path / "config.json").read_text())["command"][:2] == ["aigc-offload", "train"]
+    presets = [x for k, v in TINY_PRESET.items() for x in ("--set", f"{k}={v}")]
+    p = cli("evaluate", "--scenario", "factory", "--policies", f"greedy,run:{tmp_path}", "--episodes", "1",
+            "--json", *presets)
+    assert p.returncode == 0, p.stderr
+    assert f"run:{tmp_path}" in json.loads(p.stdout)["results"]
+
+
+def test_shipped_checkpoint_is_slim_and_refuses_resume(tmp_path):
+    from policies.errors import UserError
+
+    run = tmp_path / "run"
+    train("factory_distill", "factory", 0, run, TINY, episodes=2, progress=False)
+    dest = fd.ship_run(run, tmp_path / "ship")
+    ck = torch.load(dest / "checkpoint.pt", weights_only=False)
+    assert set(ck) == set(fd.SLIM_KEYS) and "opt" not in ck
+    sim = make_simulator("factory", TINY_PRESET)
+    a = evaluate(sim, [f"run:{run}", f"run:{dest}"], episodes=1, seed=0, progress=False).results
+    assert a[f"run:{run}"] == a[f"run:{dest}"]
+    with pytest.raises(UserError, match="shipped policy"):
+        train("factory_distill", "factory", 0, dest, TINY, episodes=4, progress=False)
