@@ -9,10 +9,10 @@ package does not require paho-mqtt.
 from importlib import import_module
 
 _EXPORTS = {
-    "schemas": ("Decision", "DeviceStatus", "ErrorCode", "ErrorReply", "FieldIssue", "Target", "TaskKind",
+    "schemas": ("Decision", "DeviceStatus", "ErrorCode", "ErrorReply", "ExecutionReport", "FieldIssue", "Target", "TaskKind",
                 "TaskRequest", "TaskResult", "TerminalState"),
     "topics": ("Channel", "DeviceAddress", "TopicError", "format_topic", "parse_topic"),
-    "client": ("BridgeClient", "DeviceClient", "IncomingRequest", "MqttSettings", "MqttRefused",
+    "client": ("BridgeClient", "DeviceClient", "IncomingExecution", "IncomingRequest", "MqttSettings", "MqttRefused",
                "RequestRefused"),
     "broker": ("MosquittoBroker", "write_broker_config"),
 }

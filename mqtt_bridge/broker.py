@@ -2,7 +2,7 @@
 
 :func:`write_broker_config` writes, into one directory, a ``mosquitto.conf`` with a TLS listener
 (a self-signed CA and a server certificate made with ``openssl``), a password file hashed by
-``mosquitto_passwd``, an ACL file (each device may publish only its own request and status topics
+``mosquitto_passwd``, an ACL file (each device may publish only its own request, status and execution topics
 and read only its own decision/result/error topics; bridges read and write every aigc topic of the
 enterprise) and persistence. :class:`MosquittoBroker` runs mosquitto on free ports with such a
 configuration and stops it again.

@@ -42,7 +42,11 @@ from .schemas import (
     DeviceStatus,
     ErrorCode,
     ErrorReply,
+    ExecutionPart,
+    ExecutionReport,
+    ExecutionState,
     FieldIssue,
+    Target,
     TaskRequest,
     TaskResult,
     utc_now,
@@ -319,49 +323,100 @@ class IncomingRequest:
     received_monotonic_s: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class IncomingExecution:
+    """A validated execution report (the device ran its share) handed to the bridge's user."""
+
+    report: ExecutionReport
+    address: DeviceAddress
+    topic: str
+    received_monotonic_s: float = field(default_factory=time.monotonic)
+
+
 class BridgeClient(_Endpoint):
     """The gateway side of the MQTT bridge (ROS-free).
 
-    ``on_request(IncomingRequest)`` runs in the bridge's dispatcher thread (never in paho's
-    network thread), so it may block briefly and may publish. Without ``on_request`` the valid
-    requests wait in a queue: call :meth:`get_request`. The message is acknowledged (PUBACK) once
-    it is in the hand-off queue.
+    ``on_request(IncomingRequest)`` runs in the bridge's request dispatcher thread (never in
+    paho's network thread), so it may block briefly and may publish. Without ``on_request`` the
+    valid requests wait in a queue: call :meth:`get_request`. The message is acknowledged
+    (PUBACK) once it is in the hand-off queue. ``on_execution(IncomingExecution)`` likewise
+    receives the devices' execution reports in a second dispatcher thread (without it:
+    :meth:`get_execution`).
+
+    ``paused=True`` connects and acknowledges into the hand-off queues but does not call the
+    callbacks until :meth:`resume` (a ROS lifecycle node: configured, not yet active). :meth:`stop`
+    answers every request still waiting in a hand-off queue with an ``unavailable`` error reply,
+    so a device never waits for a request the bridge acknowledged and then dropped.
     """
 
     def __init__(self, settings: MqttSettings, *, bridge_id: str = "bridge", enterprise: str = "factory",
-                 on_request: Callable[[IncomingRequest], None] | None = None,
+                 site: str = "+", on_request: Callable[[IncomingRequest], None] | None = None,
+                 on_execution: Callable[[IncomingExecution], None] | None = None,
                  known_models: Iterable[str] | None = None, client_id: str | None = None,
                  queue_size: int = 10_000, max_payload_bytes: int = 64 * 1024,
-                 dedupe_window: int = 10_000):
+                 dedupe_window: int = 10_000, paused: bool = False):
         check_level(bridge_id, "bridge id")
         check_level(enterprise, "enterprise")
+        if site != "+":
+            check_level(site, "site")
         self.bridge_id = bridge_id
         self.enterprise = enterprise
+        self.site = site
         self.status_topic = bridge_status_topic(bridge_id, enterprise)
         will = DeviceStatus(device_id=bridge_id, state="offline", role="bridge",
                             reason="connection lost (last will)").to_json()
         super().__init__(settings, client_id or f"aigc-bridge-{bridge_id}", persistent_session=True,
                          will=(self.status_topic, will))
         self.on_request = on_request
+        self.on_execution = on_execution
         self.known_models = frozenset(known_models) if known_models is not None else None
         self.max_payload_bytes = max_payload_bytes
         self._queue: queue.Queue[IncomingRequest | None] = queue.Queue(maxsize=queue_size)
+        self._exec_queue: queue.Queue[IncomingExecution | None] = queue.Queue(maxsize=queue_size)
+        self._running = threading.Event()  # the dispatchers call the callbacks only while set
+        if not paused:
+            self._running.set()
+        self._stopping = False
         self._addresses: dict[str, DeviceAddress] = {}
         self._seen: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._dedupe_window = dedupe_window
         self._lock = threading.Lock()
         self.device_status: dict[str, DeviceStatus] = {}
-        self.stats: dict[str, int] = {"received": 0, "accepted": 0, "redelivered": 0, "errors": 0}
+        self.stats: dict[str, int] = {"received": 0, "accepted": 0, "redelivered": 0, "errors": 0,
+                                      "executions": 0}
         self.error_counts: dict[str, int] = {}
         self._dispatcher: threading.Thread | None = None
+        self._exec_dispatcher: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, wait: bool = True) -> None:
+        self._stopping = False
         if self.on_request is not None and (self._dispatcher is None or not self._dispatcher.is_alive()):
-            self._dispatcher = threading.Thread(target=self._dispatch, name=f"{self.client_id}-dispatch",
-                                                daemon=True)
+            self._dispatcher = threading.Thread(target=self._dispatch, args=(self._queue, self._call_request),
+                                                name=f"{self.client_id}-dispatch", daemon=True)
             self._dispatcher.start()
-        super().start(wait)
+        if self.on_execution is not None and (self._exec_dispatcher is None or not self._exec_dispatcher.is_alive()):
+            self._exec_dispatcher = threading.Thread(target=self._dispatch,
+                                                     args=(self._exec_queue, self._call_execution),
+                                                     name=f"{self.client_id}-exec-dispatch", daemon=True)
+            self._exec_dispatcher.start()
+        try:
+            super().start(wait)
+        except BaseException:
+            self._stop_dispatcher()
+            raise
+
+    def pause(self) -> None:
+        """Keep acknowledging into the hand-off queues, but stop calling the callbacks."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        """Call the callbacks again (first for what queued up while paused)."""
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
 
     def _before_stop(self) -> None:
         if self.connected.is_set():
@@ -373,6 +428,12 @@ class BridgeClient(_Endpoint):
                 log.warning("%s: could not publish offline status: %s", self.client_id, exc)
 
     def stop(self) -> None:
+        """Clean shutdown: the dispatchers finish the callback in progress, every request still
+        waiting in the hand-off queue gets an ``unavailable`` error reply, the bridge publishes
+        its offline status and disconnects."""
+        if self._started:
+            self._stop_dispatcher()
+            self._refuse_waiting()
         super().stop()
         self._stop_dispatcher()
 
@@ -381,13 +442,39 @@ class BridgeClient(_Endpoint):
         self._stop_dispatcher()
 
     def _stop_dispatcher(self) -> None:
-        if self._dispatcher is not None and self._dispatcher.is_alive():
-            self._queue.put(None)
-            self._dispatcher.join(5)
-        self._dispatcher = None
+        self._stopping = True
+        for thread, q in ((self._dispatcher, self._queue), (self._exec_dispatcher, self._exec_queue)):
+            if thread is not None and thread.is_alive():
+                try:
+                    q.put_nowait(None)
+                except queue.Full:
+                    pass  # the dispatcher sees _stopping within 0.1 s
+                thread.join(5)
+        self._dispatcher = self._exec_dispatcher = None
+
+    def _refuse_waiting(self) -> None:
+        """Answer the requests and reports acknowledged but never handed on (callback mode only)."""
+        for q, enabled in ((self._queue, self.on_request is not None),
+                           (self._exec_queue, self.on_execution is not None)):
+            if not enabled:
+                continue
+            while True:
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    continue
+                model = item.request if isinstance(item, IncomingRequest) else item.report
+                if isinstance(item, IncomingRequest):
+                    self.forget(item.address.device, model.task_id)
+                self.reply_error(item.address, ErrorCode.unavailable,
+                                 "the bridge stopped before it could hand this payload on; send it again",
+                                 model.to_json(), task_id=model.task_id, topic=item.topic)
 
     def _subscriptions(self) -> list[str]:
-        return [subscription(Channel.request, self.enterprise), subscription(Channel.status, self.enterprise)]
+        return [subscription(ch, self.enterprise, site=self.site)
+                for ch in (Channel.request, Channel.status, Channel.execution)]
 
     def _after_connect(self, session_present: bool) -> None:
         status = DeviceStatus(device_id=self.bridge_id, state="online", role="bridge", at=utc_now())
@@ -402,15 +489,39 @@ class BridgeClient(_Endpoint):
             return None
         return item
 
-    def _dispatch(self) -> None:
+    def get_execution(self, timeout: float | None = None) -> IncomingExecution | None:
+        """Next valid execution report (only without ``on_execution``); None on timeout."""
+        try:
+            return self._exec_queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _call_request(self, item: IncomingRequest) -> None:
+        try:
+            self.on_request(item)  # type: ignore[misc]
+        except Exception:
+            log.exception("%s: on_request failed for task %s", self.client_id, item.request.task_id)
+
+    def _call_execution(self, item: IncomingExecution) -> None:
+        try:
+            self.on_execution(item)  # type: ignore[misc]
+        except Exception:
+            log.exception("%s: on_execution failed for task %s", self.client_id, item.report.task_id)
+
+    def _dispatch(self, q: queue.Queue, call: Callable) -> None:
         while True:
-            item = self._queue.get()
+            while not self._running.wait(0.1):  # paused: items wait in the queue (stop() answers them)
+                if self._stopping:
+                    return
+            try:
+                item = q.get(timeout=0.1)
+            except queue.Empty:
+                if self._stopping:
+                    return
+                continue
             if item is None:
                 return
-            try:
-                self.on_request(item)  # type: ignore[misc]
-            except Exception:
-                log.exception("%s: on_request failed for task %s", self.client_id, item.request.task_id)
+            call(item)
 
     # -- incoming -------------------------------------------------------------------------------
     def _handle_message(self, msg: mqtt.MQTTMessage) -> None:
@@ -425,6 +536,8 @@ class BridgeClient(_Endpoint):
             self._handle_status(msg.topic, address, payload)
         elif channel == Channel.request:
             self._handle_request(msg.topic, address, payload)
+        elif channel == Channel.execution:
+            self._handle_execution(msg.topic, address, payload)
 
     def _decode(self, topic: str, address: DeviceAddress, payload: bytes) -> dict | None:
         if len(payload) > self.max_payload_bytes:
@@ -521,6 +634,59 @@ class BridgeClient(_Endpoint):
             return
         self.stats["accepted"] += 1
 
+    def _handle_execution(self, topic: str, address: DeviceAddress, payload: bytes) -> None:
+        obj = self._decode(topic, address, payload)
+        if obj is None:
+            return
+        try:
+            rep = ExecutionReport.model_validate(obj)
+        except ValidationError as exc:
+            self._reply_schema_violation(topic, address, payload, obj, exc, "ExecutionReport")
+            return
+        if rep.device_id != address.device:
+            self._reply_error(topic, ErrorCode.device_mismatch,
+                              f"execution report names device_id {rep.device_id!r} but was published under "
+                              f"device {address.device!r}", payload, address=address, task_id=rep.task_id)
+            return
+        digest = hashlib.blake2b(rep.to_json(), digest_size=16).digest()
+        key = (address.device, rep.task_id, rep.part.value)
+        with self._lock:
+            previous = self._seen.get(key)
+            if previous is None:
+                self._seen[key] = digest
+                while len(self._seen) > self._dedupe_window:
+                    self._seen.popitem(last=False)
+            self._addresses[address.device] = address
+        if previous is not None:
+            if previous == digest:
+                self.stats["redelivered"] += 1
+            else:
+                self._reply_error(topic, ErrorCode.duplicate_task,
+                                  f"task {rep.task_id!r} already has a different {rep.part.value} execution "
+                                  f"report from this device", payload, address=address, task_id=rep.task_id)
+            return
+        try:
+            self._exec_queue.put_nowait(IncomingExecution(rep, address, topic))
+        except queue.Full:
+            with self._lock:
+                self._seen.pop(key, None)
+            self._reply_error(topic, ErrorCode.overloaded,
+                              f"the bridge has {self._exec_queue.maxsize} execution reports waiting; retry later",
+                              payload, address=address, task_id=rep.task_id)
+            return
+        self.stats["executions"] += 1
+
+    def forget(self, device_id: str, task_id: str) -> None:
+        """Forget that a request was seen (its hand-off failed), so the device may send it again."""
+        with self._lock:
+            self._seen.pop((device_id, task_id), None)
+
+    def reply_error(self, address: DeviceAddress, code: ErrorCode | str, reason: str, payload: bytes = b"", *,
+                    task_id: str | None = None, topic: str | None = None) -> None:
+        """Send an :class:`ErrorReply` to a device (e.g. a request the ROS side could not take). Thread-safe."""
+        self._reply_error(topic or address.topic(Channel.request), ErrorCode(code), reason, payload,
+                          address=address, task_id=task_id)
+
     def _reply_schema_violation(self, topic, address, payload, obj, exc: ValidationError, kind: str) -> None:
         issues = []
         for err in exc.errors(include_url=False):
@@ -537,8 +703,9 @@ class BridgeClient(_Endpoint):
     def _reply_error(self, topic: str, code: ErrorCode, reason: str, payload: bytes, *,
                      address: DeviceAddress | None = None, task_id: str | None = None,
                      issues: list[FieldIssue] | None = None) -> None:
-        self.stats["errors"] += 1
-        self.error_counts[code.value] = self.error_counts.get(code.value, 0) + 1
+        with self._lock:
+            self.stats["errors"] += 1
+            self.error_counts[code.value] = self.error_counts.get(code.value, 0) + 1
         if address is not None:
             err_topic, device = address.topic(Channel.error), address.device
         else:
@@ -588,14 +755,37 @@ class TaskHandle:
     task_id: str
     decision: Future = field(default_factory=Future)  # -> Decision, or RequestRefused
     result: Future = field(default_factory=Future)  # -> TaskResult, or RequestRefused
+    request: TaskRequest | None = None
+    # -> the ExecutionReport the device published for its own share (only with an executor and a
+    # decision that gives the device work)
+    execution: Future = field(default_factory=Future)
 
 
 class DeviceClient(_Endpoint):
-    """A camera-like device: publishes :class:`TaskRequest` s and awaits decisions and results."""
+    """A camera-like device: publishes :class:`TaskRequest` s and awaits decisions and results.
+
+    ``executor``: run the device's own share of a task. ``True`` uses the cost-model executor
+    (:func:`mqtt_bridge.local_exec.default_executor`: sleeps ``W / f_m`` for the device's fraction,
+    ``device_cpu_ghz`` or the middle of the preset's camera CPU range, times ``time_scale``); a
+    callable ``executor(request, decision) -> ExecutionOutput`` (the contract of
+    :mod:`opcua_devices.executor`) is used as is; ``None`` (default): the device runs nothing.
+    With an executor, a decision with target ``device`` makes the device run all of the task and
+    report it with part ``whole``, a decision with ``0 < offload_share < 1`` its ``1 - share`` with
+    part ``local``, on its ``execution`` topic; the terminal result still comes on the result topic.
+    """
 
     def __init__(self, settings: MqttSettings, address: DeviceAddress, *, client_id: str | None = None,
-                 persistent_session: bool = True):
+                 persistent_session: bool = True, executor: Any = None, device_cpu_ghz: float | None = None,
+                 preset: str = "factory", time_scale: float = 1.0):
         self.address = address
+        self._runner = None
+        if executor is not None and executor is not False:
+            from .local_exec import LocalRunner, default_executor
+
+            if executor is True:
+                executor = default_executor(device_cpu_ghz, preset=preset, time_scale=time_scale)
+            self._runner = LocalRunner(executor, self._report_execution, name=f"{address.device}-local-exec")
+        self.executor = executor if self._runner is not None else None
         will = DeviceStatus(device_id=address.device, state="offline",
                             reason="connection lost (last will)").to_json()
         super().__init__(settings, client_id or f"aigc-dev-{address.device}",
@@ -603,6 +793,7 @@ class DeviceClient(_Endpoint):
         self._handles: dict[str, TaskHandle] = {}
         self._hlock = threading.Lock()
         self.unmatched: queue.Queue = queue.Queue()  # decisions/results/errors for no pending task
+        self.executions_reported = 0
         self._ids = itertools.count(1)
 
     def _subscriptions(self) -> list[str]:
@@ -628,7 +819,7 @@ class DeviceClient(_Endpoint):
         """Publish a request (QoS 1) and return the futures of its decision and result."""
         if request.device_id != self.address.device:
             raise ValueError(f"request for device {request.device_id!r} sent by {self.address.device!r}")
-        handle = TaskHandle(request.task_id)
+        handle = TaskHandle(request.task_id, request=request)
         with self._hlock:
             self._handles[request.task_id] = handle
         self.publish_raw(self.address.topic(Channel.request), request.to_json(), qos=1)
@@ -658,14 +849,40 @@ class DeviceClient(_Endpoint):
         if isinstance(item, Decision):
             if not handle.decision.done():
                 handle.decision.set_result(item)
+                if self._runner is not None and handle.request is not None:
+                    if not self._runner.submit(handle.request, item, skip=handle.result.done, context=handle):
+                        handle.execution.cancel()
         elif isinstance(item, TaskResult):
             if not handle.decision.done():
                 handle.decision.set_exception(RuntimeError(f"task {task_id} ended ({item.state.value}) "
                                                            f"without a decision"))
             if not handle.result.done():
                 handle.result.set_result(item)
+            if self._runner is None:
+                handle.execution.cancel()
         else:
             exc = RequestRefused(item)
             for fut in (handle.decision, handle.result):
                 if not fut.done():
                     fut.set_exception(exc)
+            handle.execution.cancel()
+
+    def _report_execution(self, handle: TaskHandle, request: TaskRequest, part: ExecutionPart, ok: bool | None,
+                          reason: str | None, compute_s: float, energy_j: float, output_bits: int | None) -> None:
+        """LocalRunner callback (its worker thread): publish the device's execution report (QoS 1)."""
+        if ok is None:  # skipped: the task had already ended
+            handle.execution.cancel()
+            return
+        report = ExecutionReport(task_id=request.task_id, device_id=self.address.device, part=part,
+                                 state=ExecutionState.done if ok else ExecutionState.failed, reason=reason,
+                                 compute_s=compute_s, energy_j=energy_j, output_bits=output_bits if ok else None,
+                                 finished_at=utc_now())
+        self.publish_raw(self.address.topic(Channel.execution), report.to_json(), qos=1)
+        self.executions_reported += 1
+        if not handle.execution.done():
+            handle.execution.set_result(report)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._runner is not None:
+            self._runner.stop()

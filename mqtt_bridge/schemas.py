@@ -6,8 +6,8 @@ device's payload becomes a ``schema_violation`` error reply instead of a silentl
 
 The JSON Schemas in ``mqtt_bridge/schema/`` are generated from these models::
 
-    python -m mqtt_bridge.schemas --write mqtt_bridge/schema
-    python -m mqtt_bridge.schemas --check mqtt_bridge/schema   # exit 1 if stale
+    python -m mqtt_bridge.schemas --write [mqtt_bridge/schema]
+    python -m mqtt_bridge.schemas --check [mqtt_bridge/schema]   # exit 1 if stale
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class ErrorCode(StrEnum):
     payload_too_large = "payload_too_large"  # payload larger than the bridge accepts
     expired = "expired"  # deadline already over when the request arrived
     overloaded = "overloaded"  # bridge hand-off queue full; retry later
+    unavailable = "unavailable"  # the bridge stopped or its ROS side could not take the payload; send it again
     internal_error = "internal_error"  # the bridge failed on this payload; a bug, please report
 
 
@@ -211,6 +212,42 @@ class TaskResult(_Payload):
         return self
 
 
+class ExecutionPart(StrEnum):
+    whole = "whole"  # the decision's target was the device: it ran all of the task
+    local = "local"  # a split task (0 < offload_share < 1): the device ran its (1 - offload_share)
+
+
+class ExecutionState(StrEnum):
+    done = "done"
+    failed = "failed"
+
+
+class ExecutionReport(_Payload):
+    """The device ran its share of a task. Topic: ``.../<device>/aigc/execution`` (device -> bridge).
+
+    Not the task's terminal state: the gateway combines it with the remote part (if any) and the
+    device still gets exactly one :class:`TaskResult` on its result topic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="ExecutionReport")
+
+    task_id: TaskId
+    device_id: DeviceId
+    part: ExecutionPart = Field(
+        description="whole (decision target device) or local (the device's 1 - offload_share of a split task)")
+    state: ExecutionState = Field(description="done or failed")
+    reason: str | None = Field(None, max_length=1024, description="why it failed, as a sentence; required when failed")
+    compute_s: float = Field(ge=0, le=86_400, description="time the device spent computing its part, seconds")
+    energy_j: float = Field(0.0, ge=0, le=1e9, description="energy the device spent computing its part, joules")
+    output_bits: int | None = Field(None, ge=0, description="size of the output the device produced, bits")
+    finished_at: AwareDatetime = Field(description="when the device finished its part, ISO 8601 with a UTC offset")
+
+    @model_validator(mode="after")
+    def _reason_when_failed(self) -> ExecutionReport:
+        if self.state == ExecutionState.failed and not self.reason:
+            raise ValueError("state failed needs a reason")
+        return self
+
+
 class FieldIssue(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -261,6 +298,7 @@ MODELS: dict[str, type[_Payload]] = {
     "task_result.json": TaskResult,
     "error_reply.json": ErrorReply,
     "device_status.json": DeviceStatus,
+    "execution_report.json": ExecutionReport,
 }
 
 
@@ -307,8 +345,10 @@ def stale_schemas(directory: str | Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mqtt_bridge.schemas", description=__doc__.split("\n")[0])
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write", metavar="DIR", help="write the JSON Schemas into DIR")
-    group.add_argument("--check", metavar="DIR", help="exit 1 if DIR's schemas differ from the models")
+    group.add_argument("--write", metavar="DIR", nargs="?", const=str(SCHEMA_DIR),
+                       help=f"write the JSON Schemas into DIR (default {SCHEMA_DIR})")
+    group.add_argument("--check", metavar="DIR", nargs="?", const=str(SCHEMA_DIR),
+                       help="exit 1 if DIR's schemas differ from the models (default: the package's schema/)")
     args = parser.parse_args(argv)
     if args.write:
         for path in write_schemas(args.write):

@@ -3,7 +3,7 @@
 Device topics (six levels)::
 
     <enterprise>/<site>/<line>/<device>/aigc/<channel>
-    channel: request (device -> bridge), decision, result, error (bridge -> device),
+    channel: request, execution (device -> bridge), decision, result, error (bridge -> device),
              status (device presence, retained)
 
 Bridge presence (five levels, cannot collide with a device topic)::
@@ -36,10 +36,11 @@ class Channel(StrEnum):
     result = "result"
     error = "error"
     status = "status"
+    execution = "execution"  # the device reports the run of its own share of a task
 
 
 #: channels a device publishes on; the others it only reads.
-DEVICE_PUBLISHES = (Channel.request, Channel.status)
+DEVICE_PUBLISHES = (Channel.request, Channel.status, Channel.execution)
 DEVICE_READS = (Channel.decision, Channel.result, Channel.error)
 
 

@@ -1,7 +1,9 @@
 """Running a task on the device itself, when the gateway's decision says ``target: device``.
 
 An executor is any callable ``executor(request, decision) -> ExecutionOutput`` (or an awaitable of
-one). A plain function runs in a worker thread (an ONNX session blocks), a coroutine function on
+one). It runs the device's part of the task: all of it when ``decision.target`` is ``device``, the
+share ``1 - decision.offload_share`` when the gateway split the task with an edge server or the
+cloud (:func:`local_share` gives that fraction). A plain function runs in a worker thread (an ONNX session blocks), a coroutine function on
 the server's event loop. Raising an exception makes the task ``failed`` with the exception's text
 as the reason. The device runs its tasks one at a time, in decision order (a FIFO like the
 simulator's device queue).
@@ -21,6 +23,13 @@ from typing import Awaitable, Callable, Union
 
 from mqtt_bridge.schemas import Decision, TaskKind, TaskRequest
 from policies.cost import BITS_PER_MBIT, compute_delay_s, denoising_workload_cycles, token_workload_cycles
+
+
+def local_share(decision: Decision) -> float:
+    """Fraction of the task's work the device runs: 1 for target device, else 1 - offload_share."""
+    if decision.target.value == "device":
+        return 1.0
+    return min(max(1.0 - float(decision.offload_share), 0.0), 1.0)
 
 
 @dataclass(frozen=True)
@@ -82,5 +91,5 @@ class CostModelExecutor:
         return float(compute_delay_s(work, self.cpu_hz))
 
     async def __call__(self, request: TaskRequest, decision: Decision) -> ExecutionOutput:
-        await asyncio.sleep(self.compute_time_s(request) * self.time_scale)
+        await asyncio.sleep(self.compute_time_s(request) * local_share(decision) * self.time_scale)
         return ExecutionOutput(output_bits=self.output_bits[request.task_kind])

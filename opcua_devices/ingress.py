@@ -2,10 +2,11 @@
 
 :class:`OpcuaIngress` connects to many device servers (Basic256Sha256 SignAndEncrypt, client
 certificate, user name and password, server certificates checked against a trust directory),
-subscribes to each device's ``TaskRequestEventType`` and ``TaskFinishedEventType`` events, turns
-every request into an :class:`mqtt_bridge.schemas.TaskRequest` and hands it to the caller, and
-delivers decisions and results back by calling the device's ``DeliverDecision`` /
-``DeliverResult`` methods.
+subscribes to each device's ``TaskRequestEventType``, ``TaskExecutedEventType`` and
+``TaskFinishedEventType`` events, turns every request into an :class:`mqtt_bridge.schemas.TaskRequest`
+and every run of the device itself into an :class:`opcua_devices.model.ExecutionReport` (part
+whole/local, compute time) and hands them to the caller, and delivers decisions and results back
+by calling the device's ``DeliverDecision`` / ``DeliverResult`` methods.
 
 Threading: the asyncio loop runs in the ingress's own thread, so it sits beside an rclpy executor.
 ``start``, ``stop``, ``submit_decision``, ``submit_result``, ``get_request`` and ``status`` may be
@@ -18,7 +19,8 @@ Connection loss (a device restart, a network cut): the endpoint's client is drop
 ``asyncua.Client`` is made for every attempt (reusing one after a loss can hang, asyncua issue
 #1660), with exponential backoff (``backoff_min_s`` doubling up to ``backoff_max_s``, +-20 %
 jitter); after reconnecting it subscribes again and reads the device's ``PendingRequests``, so
-requests raised while the ingress was away are handed over too (each task id once). Deliveries
+requests and execution reports raised while the ingress was away are handed over too (from
+``PendingRequests`` / ``PendingExecutions``; each task id, and each task's run, once). Deliveries
 to a device that is away wait for the reconnect (up to ``delivery_timeout_s``) and are retried;
 the device methods are idempotent for re-deliveries.
 """
@@ -80,7 +82,7 @@ class IngressSettings:
     backoff_max_s: float = 16.0  # reconnect delay cap
     request_timeout_s: float = 4.0  # one OPC UA request (connect steps, method calls)
     watchdog_s: float = 1.0  # how often asyncua probes an idle connection
-    publish_interval_ms: float = 20.0  # subscription publishing interval: the event latency floor
+    publish_interval_ms: float = 0.0  # subscription publishing interval; 0: the device publishes each event at once
     delivery_timeout_s: float = 30.0  # a decision/result waits at most this long for its device
     queue_size: int = 10_000  # requests held for get_request()/on_request
     session_timeout_ms: int = 60_000  # server keeps a lost session this long
@@ -102,6 +104,15 @@ class _Device:
     methods: dict[str, ua.NodeId]
 
 
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the ingress learnt about a device when it connected."""
+
+    device_id: str
+    kind: str  # "controller" | "camera" (the device's DeviceKind property)
+    url: str  # endpoint of the server that hosts it
+
+
 class _Conn:
     """Live state of one endpoint (touched on the ingress loop only)."""
 
@@ -113,6 +124,7 @@ class _Conn:
         self.status = EndpointStatus(ep.url)
         self.request_type: ua.NodeId | None = None
         self.finished_type: ua.NodeId | None = None
+        self.executed_type: ua.NodeId | None = None
 
 
 class _EventHandler:
@@ -128,8 +140,10 @@ class _EventHandler:
             etype = fields.get("EventType")
             if etype == self.conn.request_type:
                 self.ingress._hand_over(m.request_from_event(fields))
+            elif etype == self.conn.executed_type:
+                self.ingress._device_execution(m.execution_from_event(fields))
             elif etype == self.conn.finished_type:
-                self.ingress._device_result(m.result_from_event(fields))
+                self.ingress._device_finished(m.result_from_event(fields))
         except ValidationError as exc:
             log.warning("%s: event that is not a valid payload dropped: %s", self.conn.ep.url, exc.errors()[0])
         except Exception:  # noqa: BLE001  one odd event must not kill the subscription
@@ -144,12 +158,14 @@ class OpcuaIngress:
 
     ``on_request(TaskRequest)`` is called for every new request (in the ingress's dispatcher
     thread); without it, requests wait in a queue for :meth:`get_request`. ``on_device_result``
-    receives the terminal states the devices record themselves (local runs, deadline sweeps) and
-    echo back for delivered results."""
+    receives the devices' reports of their own runs (:class:`~opcua_devices.model.ExecutionReport`:
+    part whole or local, compute time, outcome; each once); ``on_device_finished`` the terminal
+    states the devices record (echoes of delivered results, their own deadline sweeps)."""
 
     def __init__(self, endpoints: Sequence[str | DeviceEndpoint], security: ClientSecurity | None = None, *,
                  on_request: Callable[[TaskRequest], None] | None = None,
-                 on_device_result: Callable[[TaskResult], None] | None = None,
+                 on_device_result: Callable[[m.ExecutionReport], None] | None = None,
+                 on_device_finished: Callable[[TaskResult], None] | None = None,
                  settings: IngressSettings | None = None):
         self.settings = settings or IngressSettings()
         self._endpoints = [e if isinstance(e, DeviceEndpoint) else DeviceEndpoint(e) for e in endpoints]
@@ -159,6 +175,9 @@ class OpcuaIngress:
         self._security = security
         self.on_request = on_request
         self.on_device_result = on_device_result
+        self.on_device_finished = on_device_finished
+        self._seen_runs: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._device_info: dict[str, DeviceInfo] = {}
         self._requests: queue.Queue[TaskRequest] = queue.Queue(self.settings.queue_size)
         self._callbacks: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -225,6 +244,11 @@ class OpcuaIngress:
         with self._lock:
             return [EndpointStatus(c.status.url, c.status.connected, list(c.status.device_ids), c.status.connects,
                                    c.status.last_error) for c in self._conns]
+
+    def device_info(self, device_id: str) -> DeviceInfo | None:
+        """Kind and endpoint of a device seen on some connection (any thread); None if never seen."""
+        with self._lock:
+            return self._device_info.get(device_id)
 
     # -- the caller's side (any thread) -------------------------------------------------------------
     def get_request(self, timeout: float | None = None) -> TaskRequest | None:
@@ -335,8 +359,11 @@ class OpcuaIngress:
         base_event = client.nodes.base_event_type
         request_type = await base_event.get_child(f"{ns}:{m.REQUEST_EVENT_TYPE}")
         finished_type = await base_event.get_child(f"{ns}:{m.FINISHED_EVENT_TYPE}")
+        executed_type = await base_event.get_child(f"{ns}:{m.EXECUTED_EVENT_TYPE}")
         conn.request_type, conn.finished_type = request_type.nodeid, finished_type.nodeid
+        conn.executed_type = executed_type.nodeid
         devices: dict[str, _Device] = {}
+        kinds: dict[str, str] = {}
         for child in await client.nodes.objects.get_children():
             if child.nodeid.NamespaceIndex != ns:
                 continue
@@ -347,12 +374,16 @@ class OpcuaIngress:
             methods = {name: (await child.get_child(f"{ns}:{name}")).nodeid
                        for name in ("DeliverDecision", "DeliverResult")}
             devices[device_id] = _Device(device_id, child.nodeid, methods)
+            kinds[device_id] = await (await child.get_child(f"{ns}:DeviceKind")).read_value()
         if not devices:
             raise RuntimeError(f"no AIGC device object found in namespace {m.NAMESPACE_URI}")
         sub = await client.create_subscription(self.settings.publish_interval_ms, _EventHandler(self, conn))
         for dev in devices.values():
-            await sub.subscribe_events(client.get_node(dev.object_id), [request_type, finished_type])
+            await sub.subscribe_events(client.get_node(dev.object_id), [request_type, finished_type, executed_type])
         conn.client, conn.devices = client, devices
+        with self._lock:
+            for device_id, kind in kinds.items():
+                self._device_info[device_id] = DeviceInfo(device_id, kind, conn.ep.url)
         for device_id in devices:
             self._by_device[device_id] = conn
         conn.connected.set()
@@ -367,6 +398,12 @@ class OpcuaIngress:
                     self._hand_over(TaskRequest.model_validate(item))
                 except ValidationError as exc:
                     log.warning("%s: pending request that is not valid dropped: %s", conn.ep.url, exc.errors()[0])
+            raw = await client.get_node(dev.object_id).get_child(f"{ns}:PendingExecutions")
+            for item in json.loads(await raw.read_value() or "[]"):
+                try:
+                    self._device_execution(m.ExecutionReport.model_validate(item))
+                except ValidationError as exc:
+                    log.warning("%s: pending execution that is not valid dropped: %s", conn.ep.url, exc.errors()[0])
 
     async def _detach(self, conn: _Conn, client: Client) -> None:
         conn.connected.clear()
@@ -434,9 +471,19 @@ class OpcuaIngress:
             log.warning("request queue full (%d); dropped %s (still pending on the device)",
                         self.settings.queue_size, req.task_id)
 
-    def _device_result(self, result: TaskResult) -> None:
+    def _device_execution(self, report: m.ExecutionReport) -> None:
+        key = (report.result.device_id, report.result.task_id, report.part)
+        if key in self._seen_runs:
+            return
+        self._seen_runs[key] = None
+        while len(self._seen_runs) > SEEN_KEEP:
+            self._seen_runs.popitem(last=False)
         if self.on_device_result is not None:
-            self._callbacks.put(("result", result))
+            self._callbacks.put(("execution", report))
+
+    def _device_finished(self, result: TaskResult) -> None:
+        if self.on_device_finished is not None:
+            self._callbacks.put(("finished", result))
 
     # -- dispatcher thread ---------------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -448,8 +495,10 @@ class OpcuaIngress:
             try:
                 if kind == "request" and self.on_request is not None:
                     self.on_request(payload)
-                elif kind == "result" and self.on_device_result is not None:
+                elif kind == "execution" and self.on_device_result is not None:
                     self.on_device_result(payload)
+                elif kind == "finished" and self.on_device_finished is not None:
+                    self.on_device_finished(payload)
             except Exception:  # noqa: BLE001  the caller's bug must not stop the ingress
                 log.exception("OPC UA ingress callback %s failed", kind)
 
@@ -494,8 +543,14 @@ def main(argv: list[str] | None = None) -> int:
             box[0].submit_result(TaskResult(task_id=req.task_id, device_id=req.device_id, state="done",
                                             executed_on="cloud", finished_at=now))
 
+    def on_execution(x: m.ExecutionReport) -> None:  # acting as the gateway: the device's run ends the task
+        print(x.model_dump_json(exclude_none=True), flush=True)
+        if a.decide == "device":
+            box[0].submit_result(x.result)
+
     ing = OpcuaIngress(a.endpoints, LabPki(Path(a.pki)).client_security(a.client), on_request=on_request,
-                       on_device_result=lambda r: print(r.model_dump_json(exclude_none=True), flush=True))
+                       on_device_result=on_execution,
+                       on_device_finished=lambda r: print(r.model_dump_json(exclude_none=True), flush=True))
     box.append(ing)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -9,6 +9,7 @@ Browse tree (``ns`` = :data:`NAMESPACE_URI`)::
        ├─ ns:TasksRequested, TasksDone, TasksFailed, RequestsRefused   UInt32 counters
        ├─ ns:LastError, ns:LastErrorCode        last refused call: sentence, mqtt_bridge ErrorCode
        ├─ ns:LastTaskId, ns:LastDecision, ns:LastResult, ns:PendingRequests   (JSON strings)
+       ├─ ns:LastExecution, ns:PendingExecutions   the device's own runs (JSON strings)
        ├─ ns:LocalQueueLength                   tasks queued or running on the device (UInt32)
        ├─ ns:RequestTask(TaskKind, ModelName, InputBits, WorkUnits, DeadlineS, Prompt) -> TaskId
        ├─ ns:DeliverDecision(TaskId, Target, EdgeServer, OffloadShare, DownloadModel, ModelName,
@@ -19,8 +20,11 @@ Browse tree (``ns`` = :data:`NAMESPACE_URI`)::
     Types/EventTypes/BaseEventType
     ├─ ns:TaskRequestEventType    TaskId, DeviceId, TaskKind, ModelName, InputBits, OutputTokens,
     │                             DenoisingSteps, DeadlineS, CreatedAt, Prompt
-    └─ ns:TaskFinishedEventType   TaskId, DeviceId, State, Reason, ExecutedOn, LatencyS, OutputBits,
-                                  OutputUri, FinishedAt
+    ├─ ns:TaskFinishedEventType   TaskId, DeviceId, State, Reason, ExecutedOn, LatencyS, OutputBits,
+    │                             OutputUri, FinishedAt
+    └─ ns:TaskExecutedEventType   the device ran its part of a task: TaskId, DeviceId, Part, OffloadShare,
+                                  State, Reason, QueueWaitS, ComputeS, LatencyS, OutputBits, OutputUri,
+                                  FinishedAt
     Objects
     └─ ns:<device id>  (ProductionLineControllerType or DefectCameraType; EventNotifier on)
 
@@ -39,6 +43,8 @@ from typing import Any
 
 from asyncua import Node, Server, ua
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from mqtt_bridge.schemas import (
     SAFE_ID_PATTERN,
     Decision,
@@ -55,6 +61,12 @@ CONTROLLER_TYPE = "ProductionLineControllerType"
 CAMERA_TYPE = "DefectCameraType"
 REQUEST_EVENT_TYPE = "TaskRequestEventType"
 FINISHED_EVENT_TYPE = "TaskFinishedEventType"
+EXECUTED_EVENT_TYPE = "TaskExecutedEventType"
+
+#: ExecutionReport.part values: the whole task (decision target device) or the device's share
+#: (1 - offload_share) of a task split with an edge server or the cloud.
+PART_WHOLE = "whole"
+PART_LOCAL = "local"
 
 #: device kind (CLI and DeviceKind property) -> (ObjectType browse name, the task kind it asks for)
 DEVICE_KINDS: dict[str, tuple[str, TaskKind]] = {
@@ -76,6 +88,8 @@ STATUS_VARIABLES: dict[str, tuple[Any, ua.VariantType, str]] = {
     "LastResult": ("", ua.VariantType.String, "last terminal state reached, mqtt_bridge TaskResult JSON"),
     "PendingRequests": ("[]", ua.VariantType.String, "requests still waiting for a decision or result, JSON array of TaskRequest"),
     "LocalQueueLength": (0, ua.VariantType.UInt32, "tasks queued or running on the device itself, count"),
+    "LastExecution": ("", ua.VariantType.String, "last run of the device itself (whole task or its share), ExecutionReport JSON"),
+    "PendingExecutions": ("[]", ua.VariantType.String, "runs of the device whose task has no terminal result yet, JSON array of ExecutionReport"),
 }
 
 
@@ -130,6 +144,27 @@ FINISHED_EVENT_FIELDS = [
     ("ExecutedOn", V.String), ("LatencyS", V.Double), ("OutputBits", V.Int64), ("OutputUri", V.String),
     ("FinishedAt", V.DateTime),
 ]
+EXECUTED_EVENT_FIELDS = [
+    ("TaskId", V.String), ("DeviceId", V.String), ("Part", V.String), ("OffloadShare", V.Double),
+    ("State", V.String), ("Reason", V.String), ("QueueWaitS", V.Double), ("ComputeS", V.Double),
+    ("LatencyS", V.Double), ("OutputBits", V.Int64), ("OutputUri", V.String), ("FinishedAt", V.DateTime),
+]
+
+
+class ExecutionReport(BaseModel):
+    """The device ran its part of a task (not the task's terminal state: that comes from the gateway
+    through DeliverResult). ``result`` holds the run's outcome (``executed_on`` "device")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="ExecutionReport")
+
+    part: str = Field(pattern="^(whole|local)$",
+                      description="whole: the task ran on the device (target device); local: the device's "
+                                  "share 1 - offload_share of a task split with an edge server or the cloud")
+    offload_share: float = Field(ge=0.0, le=1.0, description="the decision's offload share (the device ran 1 - it; "
+                                                             "1 for part whole)")
+    queue_wait_s: float = Field(ge=0.0, description="from the decision's arrival to the start of the run, s")
+    compute_s: float = Field(ge=0.0, description="the executor's run time, s")
+    result: TaskResult
 
 
 @dataclass
@@ -142,6 +177,7 @@ class TypeNodes:
     camera: Node
     request_event: Node
     finished_event: Node
+    executed_event: Node
 
     def object_type(self, kind: str) -> Node:
         return self.controller if kind == "controller" else self.camera
@@ -179,7 +215,9 @@ async def build_types(server: Server, ns: int, callbacks: dict[str, Any]) -> Typ
                                                           REQUEST_EVENT_FIELDS)
     finished_event = await server.create_custom_event_type(ns, FINISHED_EVENT_TYPE, ua.ObjectIds.BaseEventType,
                                                            FINISHED_EVENT_FIELDS)
-    return TypeNodes(ns, base, controller, camera, request_event, finished_event)
+    executed_event = await server.create_custom_event_type(ns, EXECUTED_EVENT_TYPE, ua.ObjectIds.BaseEventType,
+                                                           EXECUTED_EVENT_FIELDS)
+    return TypeNodes(ns, base, controller, camera, request_event, finished_event, executed_event)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,3 +306,27 @@ def result_from_event(fields: dict[str, Any]) -> TaskResult:
                       reason=_opt_str(fields["Reason"]), executed_on=_opt_str(fields["ExecutedOn"]),
                       latency_s=_opt_num(fields["LatencyS"]), output_bits=_opt_num(fields["OutputBits"]),
                       output_uri=_opt_str(fields["OutputUri"]), finished_at=utc(fields["FinishedAt"]))
+
+
+def executed_event_fields(x: ExecutionReport) -> dict[str, ua.Variant]:
+    r = x.result
+    return {"TaskId": ua.Variant(r.task_id, V.String), "DeviceId": ua.Variant(r.device_id, V.String),
+            "Part": ua.Variant(x.part, V.String), "OffloadShare": ua.Variant(float(x.offload_share), V.Double),
+            "State": ua.Variant(r.state.value, V.String), "Reason": ua.Variant(r.reason or "", V.String),
+            "QueueWaitS": ua.Variant(float(x.queue_wait_s), V.Double),
+            "ComputeS": ua.Variant(float(x.compute_s), V.Double),
+            "LatencyS": ua.Variant(-1.0 if r.latency_s is None else float(r.latency_s), V.Double),
+            "OutputBits": ua.Variant(-1 if r.output_bits is None else int(r.output_bits), V.Int64),
+            "OutputUri": ua.Variant(r.output_uri or "", V.String),
+            "FinishedAt": ua.Variant(r.finished_at, V.DateTime)}
+
+
+def execution_from_event(fields: dict[str, Any]) -> ExecutionReport:
+    """Fields of a TaskExecutedEventType notification -> ExecutionReport (raises ValidationError)."""
+    result = TaskResult(task_id=fields["TaskId"], device_id=fields["DeviceId"], state=fields["State"],
+                        reason=_opt_str(fields["Reason"]), executed_on="device",
+                        latency_s=_opt_num(fields["LatencyS"]), output_bits=_opt_num(fields["OutputBits"]),
+                        output_uri=_opt_str(fields["OutputUri"]), finished_at=utc(fields["FinishedAt"]))
+    return ExecutionReport(part=fields["Part"], offload_share=fields["OffloadShare"],
+                           queue_wait_s=max(fields["QueueWaitS"], 0.0), compute_s=max(fields["ComputeS"], 0.0),
+                           result=result)

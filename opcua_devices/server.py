@@ -3,9 +3,14 @@
 The device asks for generated content by raising a ``TaskRequestEventType`` event (from its own
 arrival process, a trace replay, or a ``RequestTask`` call by a local PLC program or MES), lists
 undecided requests in ``PendingRequests``, receives the gateway's decision and the task's result
-through ``DeliverDecision`` / ``DeliverResult``, runs the task itself when the decision says
-``device`` (with a pluggable executor), and raises a ``TaskFinishedEventType`` event for every
-terminal state it records. The information model is in :mod:`opcua_devices.model`, the security
+through ``DeliverDecision`` / ``DeliverResult``, runs its part of the task itself (with a pluggable
+executor: all of it when the decision says ``device``, the share ``1 - offload_share`` of a task
+split with an edge server or the cloud), reports that run with a ``TaskExecutedEventType`` event
+(part ``whole`` or ``local``, listed in ``PendingExecutions`` until the task ends), and raises a
+``TaskFinishedEventType`` event for every terminal state it records. The terminal state comes
+from the gateway (``DeliverResult``), for local and split tasks too; without one, the device ends
+the task ``result_grace_s`` after its deadline (with its own run's outcome when it ran the whole
+task, else ``deadline_missed``). The information model is in :mod:`opcua_devices.model`, the security
 in :mod:`opcua_devices.security`.
 
     python -m opcua_devices.server --kind camera --device-id cam01 --port 4841 --pki pki
@@ -37,7 +42,7 @@ from pydantic import ValidationError
 from mqtt_bridge.schemas import Decision, ErrorCode, Target, TaskKind, TaskRequest, TaskResult, TerminalState
 
 from . import model as m
-from .executor import CostModelExecutor, Executor, run_executor
+from .executor import CostModelExecutor, Executor, local_share, run_executor
 from .pki import device_application_uri
 from .security import ServerSecurity, apply_server_security
 from .tasks import PlannedTask
@@ -99,6 +104,9 @@ class _Task:
     t_created: float  # event-loop time at creation, s
     decision: Decision | None = None
     result: TaskResult | None = None
+    t_decided: float = 0.0  # event-loop time the decision arrived, s
+    local: str | None = None  # the device's own part: None (none) | queued | running | executed
+    execution: m.ExecutionReport | None = None
 
 
 class DeviceServer:
@@ -110,15 +118,18 @@ class DeviceServer:
     decided for the device (default: :class:`~opcua_devices.executor.CostModelExecutor` with
     ``device_cpu_ghz``, or the middle of the preset's CPU range of the kind). ``catalog`` maps
     the model names the deployment serves to "report" or "image" (default: the preset's models).
-    A task with neither a result nor a local run ``result_grace_s`` after its deadline ends
-    ``deadline_missed`` on the device."""
+    A task without a terminal result from the gateway ``result_grace_s`` after its deadline ends on
+    the device: with the device's own run's outcome when it ran the whole task, else
+    ``deadline_missed``. ``on_finished(TaskResult)`` / ``on_executed(ExecutionReport)`` are called
+    on the server's loop for every terminal state / own run."""
 
     def __init__(self, device_id: str, kind: str, endpoint: str, security: ServerSecurity, *,
                  preset: str = "factory", overrides: dict | None = None, catalog: dict[str, str] | None = None,
                  executor: Executor | None = None, device_cpu_ghz: float | None = None,
                  tasks: Iterable[PlannedTask] | None = None, time_scale: float = 1.0,
                  result_grace_s: float = 10.0, max_pending: int = 10_000,
-                 on_finished: Callable[[TaskResult], None] | None = None):
+                 on_finished: Callable[[TaskResult], None] | None = None,
+                 on_executed: Callable[[m.ExecutionReport], None] | None = None):
         if kind not in m.DEVICE_KINDS:
             raise ValueError(f"device kind must be one of {', '.join(m.DEVICE_KINDS)}, not '{kind}'")
         if not m.SAFE_ID_RE.match(device_id):
@@ -131,6 +142,7 @@ class DeviceServer:
         self.result_grace_s = result_grace_s
         self.max_pending = max_pending
         self.on_finished = on_finished
+        self.on_executed = on_executed
         from .tasks import make_factory_simulator
 
         p = make_factory_simulator(preset, overrides).preset
@@ -180,6 +192,7 @@ class DeviceServer:
             server.link_method(await obj.get_child(f"{ns}:{name}"), cb)
         self._gen_request = await server.get_event_generator(self.types.request_event, emitting_node=obj)
         self._gen_finished = await server.get_event_generator(self.types.finished_event, emitting_node=obj)
+        self._gen_executed = await server.get_event_generator(self.types.executed_event, emitting_node=obj)
         await server.start()
         self._server = server
         self._bg = [asyncio.create_task(self._local_worker(), name=f"{self.device_id}-local"),
@@ -225,6 +238,10 @@ class DeviceServer:
     async def _publish_pending(self) -> None:
         undecided = [t.request for t in self._tasks.values() if t.decision is None][-PENDING_LIST_MAX:]
         await self._set("PendingRequests", "[" + ",".join(r.model_dump_json(exclude_none=True) for r in undecided) + "]")
+
+    async def _publish_executions(self) -> None:
+        runs = [t.execution for t in self._tasks.values() if t.execution is not None][-PENDING_LIST_MAX:]
+        await self._set("PendingExecutions", "[" + ",".join(x.model_dump_json(exclude_none=True) for x in runs) + "]")
 
     async def _refuse(self, err: RequestError, method: str) -> None:
         self.counters["RequestsRefused"] += 1
@@ -367,9 +384,11 @@ class DeviceServer:
             raise RequestError(ua.StatusCodes.BadInvalidState, "BadInvalidState",
                                f"task '{decision.task_id}' already ended ({task.result.state.value}).", 0)
         task.decision = decision
+        task.t_decided = asyncio.get_running_loop().time()
         await self._set("LastDecision", decision.model_dump_json(exclude_none=True))
         await self._publish_pending()
-        if decision.target == Target.device:
+        if local_share(decision) > 0.0:  # target device, or the device's share of a split task
+            task.local = "queued"
             self._local_count += 1
             await self._set("LocalQueueLength", self._local_count)
             self._local_queue.put_nowait(decision.task_id)
@@ -381,10 +400,7 @@ class DeviceServer:
                 return  # re-delivery
             raise RequestError(ua.StatusCodes.BadInvalidState, "BadInvalidState",
                                f"task '{result.task_id}' already ended {task.result.state.value}.", 1)
-        if task.decision is not None and task.decision.target == Target.device:
-            raise RequestError(ua.StatusCodes.BadInvalidState, "BadInvalidState",
-                               f"task '{result.task_id}' runs on the device; the device reports its result.", 0)
-        await self._finish(task, result)
+        await self._finish(task, result)  # a queued local part of it is dropped
 
     async def _finish(self, task: _Task, result: TaskResult) -> None:
         if task.result is not None:
@@ -397,6 +413,8 @@ class DeviceServer:
         await self._bump("TasksDone" if result.state == TerminalState.done else "TasksFailed")
         await self._set("LastResult", result.model_dump_json(exclude_none=True))
         await self._publish_pending()
+        if task.execution is not None:
+            await self._publish_executions()
         async with self._event_lock:
             for name, var in m.finished_event_fields(result).items():
                 setattr(self._gen_finished.event, name, var.Value)
@@ -412,35 +430,66 @@ class DeviceServer:
         return TaskResult(task_id=task.request.task_id, device_id=self.device_id, state=state, reason=reason,
                           latency_s=max((now - task.request.created_at).total_seconds(), 0.0), finished_at=now, **kw)
 
+    async def _report(self, task: _Task, state: TerminalState, reason: str | None, queue_wait_s: float,
+                      compute_s: float, output_bits: int | None = None, output_uri: str | None = None) -> None:
+        """Record and announce the device's run of its part (not a terminal state)."""
+        assert task.decision is not None
+        whole = task.decision.target == Target.device
+        report = m.ExecutionReport(
+            part=m.PART_WHOLE if whole else m.PART_LOCAL,
+            offload_share=1.0 if whole else float(task.decision.offload_share),
+            queue_wait_s=max(queue_wait_s, 0.0), compute_s=max(compute_s, 0.0),
+            result=self._own_result(task, state, reason, executed_on="device", output_bits=output_bits,
+                                    output_uri=output_uri))
+        task.local, task.execution = "executed", report
+        await self._set("LastExecution", report.model_dump_json(exclude_none=True))
+        await self._publish_executions()
+        async with self._event_lock:
+            for name, var in m.executed_event_fields(report).items():
+                setattr(self._gen_executed.event, name, var.Value)
+            await self._gen_executed.trigger(
+                message=f"{self.device_id} ran {report.part} part of task {task.request.task_id}: {state.value}")
+        if self.on_executed is not None:
+            try:
+                self.on_executed(report)
+            except Exception:  # noqa: BLE001
+                log.exception("on_executed callback failed")
+
     async def _local_worker(self) -> None:
-        """Runs the tasks decided for the device, one at a time, in decision order."""
+        """Runs the device's parts (whole tasks and local shares), one at a time, in decision order,
+        and reports each run; the task's terminal state comes from the gateway."""
+        loop = asyncio.get_running_loop()
         while True:
             task_id = await self._local_queue.get()
             task = self._tasks.get(task_id)
             try:
                 if task is None or task.result is not None:
-                    continue
+                    continue  # the task already ended (e.g. the remote part failed): nothing to run
+                wait_s = loop.time() - task.t_decided
                 if datetime.now(timezone.utc) >= task.request.deadline_at():
-                    await self._finish(task, self._own_result(task, TerminalState.deadline_missed,
-                                                              "the deadline passed while the task was queued on the device",
-                                                              executed_on="device"))
+                    await self._report(task, TerminalState.deadline_missed,
+                                       "the deadline passed while the task was queued on the device", wait_s, 0.0)
                     continue
+                task.local = "running"
                 await self._set("State", "executing")
+                t0 = loop.time()
                 try:
                     out = await run_executor(self.executor, task.request, task.decision)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001  the executor's failure is the task's, not the device's
                     log.warning("device %s: local run of %s failed: %s", self.device_id, task_id, exc)
-                    await self._finish(task, self._own_result(task, TerminalState.failed,
-                                                              f"local execution failed: {exc}"[:1024],
-                                                              executed_on="device"))
+                    if task.result is None:
+                        await self._report(task, TerminalState.failed, f"local execution failed: {exc}"[:1024],
+                                           wait_s, loop.time() - t0)
                     continue
+                compute_s = loop.time() - t0
+                if task.result is not None:
+                    continue  # ended meanwhile (the gateway's deadline or a failed remote part)
                 late = datetime.now(timezone.utc) > task.request.deadline_at()
-                await self._finish(task, self._own_result(
-                    task, TerminalState.deadline_missed if late else TerminalState.done,
-                    "the local run finished after the deadline" if late else None, executed_on="device",
-                    output_bits=out.output_bits, output_uri=out.output_uri))
+                await self._report(task, TerminalState.deadline_missed if late else TerminalState.done,
+                                   "the local run finished after the deadline" if late else None, wait_s, compute_s,
+                                   out.output_bits, out.output_uri)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001
@@ -457,12 +506,17 @@ class DeviceServer:
             await asyncio.sleep(period_s)
             now = datetime.now(timezone.utc)
             for task in list(self._tasks.values()):
-                if task.decision is not None and task.decision.target == Target.device:
-                    continue  # the local worker gives it its state
+                if task.local in ("queued", "running") and task.decision is not None \
+                        and task.decision.target == Target.device:
+                    continue  # the device's own run is still to come; it reports, then this sweeps
                 overdue = (now - task.request.deadline_at()).total_seconds()
                 if overdue > self.result_grace_s:
                     what = "decision" if task.decision is None else "result"
                     try:
+                        if task.execution is not None and task.execution.part == m.PART_WHOLE:
+                            # No gateway answered, but the device ran the whole task: its run's outcome.
+                            await self._finish(task, task.execution.result)
+                            continue
                         await self._finish(task, self._own_result(
                             task, TerminalState.deadline_missed,
                             f"no {what} reached the device within {self.result_grace_s:g} s after the deadline"))

@@ -84,6 +84,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from policies.reproduce import run  # imports torch only when a run is trained or evaluated
+
+    extra = {}
+    if args.episodes:
+        extra["episodes"] = args.episodes
+    if args.eval_episodes:
+        extra["eval_episodes"] = args.eval_episodes
+    res = run(args.paper, quick=args.quick, seeds=args.seeds, out=args.out, runs=args.runs, jobs=args.jobs,
+              command=["aigc-offload", *sys.argv[1:]], **extra)
+    for row in res.get("headline", []):
+        pct = row["key"] != "convergence_reward"
+        fmt = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.2f}")
+        print(f"{row['what']}: ours {fmt(row['ours'])}, paper {fmt(row['paper'])} ({row['reference']})")
+    print(f"wrote {res['report_dir']}/report.md, results.json and figures in {res['wall_s']['total']:.0f} s")
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from policies.evaluate import generate_workloads, save_trace
     from policies.scenarios import make_simulator
@@ -170,6 +188,46 @@ def cmd_factory(args: argparse.Namespace) -> int:
     return run(dep, duration_s=args.duration, probe_count=args.probe, workdir=args.logs, stream_logs=args.verbose)
 
 
+def cmd_hil(args: argparse.Namespace) -> int:
+    """Replay a trace through the running stack and compare with the simulator, task by task."""
+    try:
+        from aigc_offload.deployment import DeploymentError, load_deployment
+        from aigc_offload.hil import run_hil
+    except ImportError as exc:
+        raise UserError(f"the ROS 2 package aigc_offload is not installed in this environment ({exc}); "
+                        "run scripts/setup.sh") from None
+    import tempfile
+    from pathlib import Path
+
+    config = args.config
+    if config is None:
+        import aigc_offload
+
+        config = str(Path(aigc_offload.__file__).resolve().parent.parent / "config" / "factory.yaml")
+    try:
+        dep = load_deployment(config, _parse_overrides(args.set))
+    except DeploymentError as exc:
+        raise UserError(str(exc)) from None
+    workdir = args.logs or tempfile.mkdtemp(prefix="aigc_hil_")
+    res = run_hil(dep, slots=args.slots, seed=args.seed, workdir=workdir, out=sys.stderr)
+    out = {"comparison": res.comparison, "measured_done_rate": res.measured_done_rate,
+           "predicted_done_rate": res.predicted_done_rate, "logs": workdir}
+    if args.details:
+        Path(args.details).write_text("\n".join(json.dumps(d) for d in res.details) + "\n")
+    if args.json:
+        print(json.dumps(out))
+    else:
+        c = res.comparison
+        fmt = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        print(f"hil: {c['compared']} of {c['tasks']} tasks compared ({c['both_done']} done in both)")
+        print(f"  latency relative error: median {fmt(c['latency_rel_error_median'])}, "
+              f"p90 {fmt(c['latency_rel_error_p90'])}; by target "
+              + ", ".join(f"{k} {fmt(v)}" for k, v in c["latency_rel_error_median_by_target"].items()))
+        print(f"  outcome agreement: {fmt(c['outcome_agreement'])}; done measured {fmt(res.measured_done_rate)}, "
+              f"predicted {fmt(res.predicted_done_rate)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aigc-offload", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override an algorithm config field (e.g. batch_size=64) or a preset field")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reproduce", help="train (or reuse) every method of a paper over seeds, run its experiments, "
+                                         "write reports/PAPER/{report.md,results.json,*.png} (needs torch)")
+    p.add_argument("paper", help="mato")
+    p.add_argument("--quick", action="store_true", help="a reduced smoke run of a few minutes")
+    p.add_argument("--seeds", type=_positive_int, help="seeds per trained method (default 3)")
+    p.add_argument("--out", help="report directory (default reports/PAPER, reports/PAPER-quick with --quick)")
+    p.add_argument("--runs", help="run directories root (default runs/reproduce/PAPER[-quick])")
+    p.add_argument("--jobs", type=_positive_int, help="training runs in parallel (default: the paper's setting)")
+    p.add_argument("--episodes", type=_positive_int, help="training episodes per run (default: the paper's setting)")
+    p.add_argument("--eval-episodes", type=_positive_int, help="evaluation episodes per seed and point")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("trace", help="write the workload a scenario generates to a trace file")
     p.add_argument("--scenario", required=True)
@@ -259,6 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", help="directory for the node logs (default: a temporary directory)")
     p.add_argument("--verbose", action="store_true", help="stream the node logs to the terminal")
     p.set_defaults(func=cmd_factory)
+
+    p = sub.add_parser("hil", help="replay a scenario trace through the running stack; per-task error against the simulator")
+    p.add_argument("--config", help="deployment file (default: the package's config/factory.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a deployment field (dotted keys)")
+    p.add_argument("--slots", type=_positive_int, default=50, help="slots of the trace to play (slot_s each)")
+    p.add_argument("--seed", type=int, default=0, help="trace: episode 0 of this seed")
+    p.add_argument("--details", help="write one JSON line per task (decision, measured, predicted) here")
+    p.add_argument("--logs", help="directory for the node logs")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=cmd_hil)
     return parser
 
 

@@ -434,3 +434,106 @@ def test_production_config_example_runs(tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# -- execution channel, device-side local execution, paused hand-off --------------------------------
+def test_execution_report_schema_and_acl():
+    from mqtt_bridge.broker import acl_text
+    from mqtt_bridge.schemas import ExecutionReport
+
+    ok = ExecutionReport(task_id="t1", device_id="cam1", part="local", state="done", compute_s=0.2, energy_j=0.5,
+                         output_bits=1000, finished_at=utc_now())
+    assert ExecutionReport.model_validate_json(ok.to_json()) == ok
+    with pytest.raises(ValueError, match="needs a reason"):
+        ExecutionReport(task_id="t1", device_id="cam1", part="whole", state="failed", compute_s=0.1,
+                        finished_at=utc_now())
+    with pytest.raises(ValueError, match="part"):
+        ExecutionReport(task_id="t1", device_id="cam1", part="remote", state="done", compute_s=0.1,
+                        finished_at=utc_now())
+    assert parse_topic("factory/s1/l1/cam1/aigc/execution") == (CAM1, Channel.execution)
+    cam = acl_text([CAM1], ["bridge"]).split("user cam1\n")[1]
+    assert "topic write factory/s1/l1/cam1/aigc/execution" in cam
+
+
+def test_device_executor_reports_whole_and_local_parts(broker, clients):
+    """A decision 'device' makes the device run all of it (part whole), a split 0.5 its half (part
+    local), an offload of everything nothing; the bridge validates the reports and hands them on."""
+    from mqtt_bridge.client import BridgeClient
+
+    decisions = {"whole": dict(target="device"), "half": dict(target="edge", edge_server="es1", offload_share=0.5),
+                 "none": dict(target="cloud", offload_share=1.0)}
+    box = []
+
+    def on_request(inc):
+        r = inc.request
+        box[0].publish_decision(Decision(task_id=r.task_id, device_id=r.device_id, model_name=r.model_name,
+                                         policy="p", decided_at=utc_now(), **decisions[r.prompt]))
+
+    bridge = start_bridge(broker, clients, on_request=on_request)
+    box.append(bridge)
+    dev = start_device(broker, clients, address=CAM2, executor=True, time_scale=0.02)
+    model = dict(model_name="defect-s", denoising_steps=8)
+    h_whole = dev.submit(make_request("cam2", prompt="whole", **model))
+    h_half = dev.submit(make_request("cam2", prompt="half", **model))
+    h_none = dev.submit(make_request("cam2", prompt="none", **model))
+    got = {}
+    for _ in range(2):
+        inc = bridge.get_execution(timeout=10)
+        assert inc is not None and inc.address == CAM2
+        got[inc.report.task_id] = inc.report
+    whole, half = got[h_whole.task_id], got[h_half.task_id]
+    assert (whole.part.value, half.part.value) == ("whole", "local")
+    assert whole.state.value == half.state.value == "done"
+    assert half.energy_j == pytest.approx(whole.energy_j / 2) and whole.energy_j > 0
+    assert h_whole.execution.result(1) == whole and h_half.execution.result(1) == half
+    h_none.decision.result(5)
+    wait_for(lambda: h_none.execution.cancelled(), what="no local run for a full offload")
+    assert bridge.get_execution(timeout=0.3) is None and bridge.stats["executions"] == 2
+    assert not h_whole.result.done()  # the terminal result still comes from the gateway
+    assert isinstance(bridge, BridgeClient)
+
+
+def test_bad_execution_reports_get_error_replies(broker, clients):
+    got = queue.Queue()
+    start_bridge(broker, clients, on_execution=got.put)
+    dev = start_device(broker, clients)
+    topic = CAM1.topic(Channel.execution)
+    base = {"task_id": "e1", "device_id": "cam1", "part": "whole", "state": "done", "compute_s": 0.1,
+            "finished_at": "2025-06-01T08:30:00Z"}
+    for payload, code, needle in (
+            (b"nope", ErrorCode.malformed_json, "JSON"),
+            (json.dumps({**base, "state": "failed"}).encode(), ErrorCode.schema_violation, "needs a reason"),
+            (json.dumps({**base, "compute_s": "slow"}).encode(), ErrorCode.schema_violation, "compute_s"),
+            (json.dumps({**base, "device_id": "cam2"}).encode(), ErrorCode.device_mismatch, "cam2")):
+        dev.publish_raw(topic, payload, wait_s=3)
+        err = next_item(dev.unmatched, ErrorReply)
+        assert err.code == code and needle in err.reason and err.topic == topic, err
+    dev.publish_raw(topic, json.dumps(base).encode(), wait_s=3)
+    assert got.get(timeout=3).report.task_id == "e1"
+    dev.publish_raw(topic, json.dumps(base).encode(), wait_s=3)  # a redelivery: handed on once, no error
+    dev.publish_raw(topic, json.dumps({**base, "compute_s": 0.3}).encode(), wait_s=3)
+    assert next_item(dev.unmatched, ErrorReply).code == ErrorCode.duplicate_task
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.3)
+
+
+def test_paused_bridge_answers_waiting_requests_when_stopped(broker, clients):
+    from mqtt_bridge.client import RequestRefused
+
+    handed = queue.Queue()
+    bridge = start_bridge(broker, clients, on_request=handed.put, paused=True)
+    dev = start_device(broker, clients)
+    h = dev.submit(make_request())
+    wait_for(lambda: bridge.stats["accepted"] == 1, what="request acknowledged into the hand-off queue")
+    with pytest.raises(queue.Empty):
+        handed.get(timeout=0.3)
+    bridge.stop()
+    with pytest.raises(RequestRefused, match="unavailable"):
+        h.decision.result(5)
+    # resumed bridges hand on what waited
+    bridge2 = start_bridge(broker, clients, on_request=handed.put, paused=True)
+    time.sleep(0.3)  # a new session: let its SUBACK land before the device publishes
+    h2 = dev.submit(make_request())
+    wait_for(lambda: bridge2.stats["accepted"] == 1, what="second request queued")
+    bridge2.resume()
+    assert handed.get(timeout=3).request.task_id == h2.task_id

@@ -245,8 +245,10 @@ def test_security_only_sign_and_encrypt_and_trusted_users(loop, pki, camera, tmp
 # Requests, decisions, results through the ingress
 # --------------------------------------------------------------------------------------------
 def test_request_decision_result_round_trip(loop, pki, camera):
+    runs: list[m.ExecutionReport] = []
     finished: list[TaskResult] = []
-    ing = OpcuaIngress([camera.endpoint], gateway_security(pki), settings=FAST, on_device_result=finished.append)
+    ing = OpcuaIngress([camera.endpoint], gateway_security(pki), settings=FAST, on_device_result=runs.append,
+                       on_device_finished=finished.append)
     ing.start(wait_connected_s=15)
     try:
         assert ing.status()[0].device_ids == ["cam01"]
@@ -267,9 +269,10 @@ def test_request_decision_result_round_trip(loop, pki, camera):
             finally:
                 await c.disconnect()
 
-        remote_id, local_id = loop.run(plc_requests(2))
-        got = [ing.get_request(5), ing.get_request(5)]
-        assert [r.task_id for r in got] == [remote_id, local_id]
+        remote_id, local_id, split_id = loop.run(plc_requests(3))
+        got = [ing.get_request(5), ing.get_request(5), ing.get_request(5)]
+        assert [r.task_id for r in got] == [remote_id, local_id, split_id]
+        assert ing.device_info("cam01").kind == "camera" and ing.device_info("cam01").url == camera.endpoint
         req = got[0]
         assert isinstance(req, TaskRequest)
         assert (req.device_id, req.task_kind.value, req.model_name, req.input_bits, req.denoising_steps,
@@ -300,15 +303,39 @@ def test_request_decision_result_round_trip(loop, pki, camera):
         assert TaskResult.model_validate_json(v["LastResult"]) == result
         assert v["TasksDone"] >= 1
         assert remote_id not in v["PendingRequests"] and local_id in v["PendingRequests"]
+        assert [r.task_id for r in finished] == [remote_id]  # the device's echo of the terminal state
 
-        # A local decision: the device runs the task with its (cost-model) executor and reports it.
+        # A local decision: the device runs the task with its (cost-model) executor and reports the run
+        # (part whole); the task's terminal state still comes from the gateway.
+        full_s = 4 * 0.22 / 4.0  # W / f_m at the 4 GHz default
         ing.submit_decision(Decision(task_id=local_id, device_id="cam01", target="device", model_name="defect-m",
                                      policy="test v1", decided_at=now)).result(10)
-        local = wait_for(lambda: [r for r in finished if r.task_id == local_id], 10, "the local result")[0]
-        assert (local.state.value, local.executed_on) == ("done", "device")
-        assert local.output_bits and local.latency_s >= 4 * 0.22 / 4.0  # W / f_m at the 4 GHz default
+        run = wait_for(lambda: [r for r in runs if r.result.task_id == local_id], 10, "the local run")[0]
+        assert (run.part, run.result.state.value, run.result.executed_on) == ("whole", "done", "device")
+        assert run.result.output_bits and run.compute_s == pytest.approx(full_s, rel=0.2)
+        assert local_id not in [r.task_id for r in finished]
+        ing.submit_result(run.result).result(10)
+        wait_for(lambda: local_id in [r.task_id for r in finished], 10, "the local task's terminal echo")
+        # A split decision: the device runs its 1 - 0.25 share and reports it as part local.
+        ing.submit_decision(Decision(task_id=split_id, device_id="cam01", target="cloud", offload_share=0.25,
+                                     model_name="defect-m", policy="test v1", decided_at=now)).result(10)
+        run = wait_for(lambda: [r for r in runs if r.result.task_id == split_id], 10, "the local share")[0]
+        assert (run.part, run.offload_share, run.result.state.value) == ("local", 0.25, "done")
+        assert run.compute_s == pytest.approx(0.75 * full_s, rel=0.2)
+        assert split_id in json.dumps(json.loads(loop.run(_read_var(camera, pki, "PendingExecutions"))))
+        ing.submit_result(TaskResult(task_id=split_id, device_id="cam01", state="done", executed_on="cloud",
+                                     finished_at=datetime.now(timezone.utc))).result(10)
+        assert split_id not in loop.run(_read_var(camera, pki, "PendingExecutions"))
     finally:
         ing.stop()
+
+
+async def _read_var(dev, pki, name: str):
+    c = await connect(dev.endpoint, gateway_security(pki))
+    try:
+        return await read(c, dev.device_id, name)
+    finally:
+        await c.disconnect()
 
 
 def test_malformed_calls_get_typed_errors(loop, pki, camera):

@@ -25,6 +25,8 @@ setup(
             "cloud_model_server = aigc_offload.cloud_model_server:main",
             "edge_server = aigc_offload.edge_server:main",
             "edge_gateway = aigc_offload.edge_gateway:main",
+            "opcua_ingress_node = aigc_offload.opcua_ingress_node:main",
+            "mqtt_bridge_node = aigc_offload.mqtt_bridge_node:main",
         ],
     },
 )

@@ -91,6 +91,28 @@ class Graph:
         return ""
 
 
+def wait_gateway_ready(node, num_edges: int, timeout_s: float) -> bool:
+    """Wait until the gateway's diagnostics report every edge server alive (``node`` is being spun
+    by an executor in another thread)."""
+    import threading as _th
+
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    ready = _th.Event()
+    want = f"{num_edges}/{num_edges}"
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            if any(v.key == "edge_servers_alive" and v.value == want for v in st.values):
+                ready.set()
+
+    sub = node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    try:
+        return ready.wait(timeout_s)
+    finally:
+        node.destroy_subscription(sub)
+
+
 def probe(plant, count: int, timeout_s: float, deadline_s: float | None = None) -> dict:
     """Send ``count`` requests from the plant's devices through the graph and time every hop."""
     import numpy as np
