@@ -93,7 +93,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.eval_episodes:
         extra["eval_episodes"] = args.eval_episodes
     res = run(args.paper, quick=args.quick, seeds=args.seeds, out=args.out, runs=args.runs, jobs=args.jobs,
-              command=["aigc-offload", *sys.argv[1:]], **extra)
+              command=["aigc-offload", *sys.argv[1:]], algo_set=_parse_overrides(args.set), **extra)
     for row in res.get("headline", []):
         pct = row["key"] != "convergence_reward"
         fmt = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.2f}")
@@ -185,7 +185,18 @@ def cmd_factory(args: argparse.Namespace) -> int:
         dep = load_deployment(config, _parse_overrides(args.set))
     except DeploymentError as exc:
         raise UserError(str(exc)) from None
-    return run(dep, duration_s=args.duration, probe_count=args.probe, workdir=args.logs, stream_logs=args.verbose)
+    if args.probe or args.graph_only:
+        return run(dep, duration_s=args.duration, probe_count=args.probe, workdir=args.logs, stream_logs=args.verbose)
+    import tempfile
+
+    from aigc_offload.factory_job import run_factory
+
+    workdir = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="aigc_factory_"))
+    duration = args.duration if args.duration is not None or args.tasks is not None else 60.0
+    return run_factory(dep, duration_s=duration, max_tasks=args.tasks, controllers=args.controllers,
+                       cameras=args.cameras, workdir=workdir,
+                       record=None if args.no_record else Path(args.record or workdir / "factory.mcap"),
+                       report_path=Path(args.report or workdir / "report.json"), progress=not args.no_progress)
 
 
 def cmd_hil(args: argparse.Namespace) -> int:
@@ -268,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_positive_int, help="training runs in parallel (default: the paper's setting)")
     p.add_argument("--episodes", type=_positive_int, help="training episodes per run (default: the paper's setting)")
     p.add_argument("--eval-episodes", type=_positive_int, help="evaluation episodes per seed and point")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override an algorithm config field for every training run (e.g. batch_size=256)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("trace", help="write the workload a scenario generates to a trace file")
@@ -319,13 +332,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-strict-preset", action="store_true",
                    help="accept a policy exported for another preset of the same observation layout")
     p.set_defaults(func=cmd_decide)
-    p = sub.add_parser("factory", help="run the factory node graph here (cloud, edge servers, gateway), a process per node")
+    p = sub.add_parser("factory", help="run the whole factory here: broker, cloud, edge servers, gateway, OPC UA "
+                                       "controllers, MQTT cameras; a report and an MCAP recording at the end")
     p.add_argument("--config", help="deployment file (default: the package's config/factory.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a deployment field (dotted keys, e.g. gateway.policy=random)")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds of plant time to run (default 60; with --graph-only: until Ctrl-C)")
+    p.add_argument("--tasks", type=_positive_int, default=None, help="stop after this many task requests")
+    p.add_argument("--controllers", type=int, default=4, help="OPC UA controllers to run (first of the plant)")
+    p.add_argument("--cameras", type=int, default=4, help="MQTT cameras to run (first of the plant)")
+    p.add_argument("--record", help="MCAP recording of the run (default: <logs>/factory.mcap)")
+    p.add_argument("--no-record", action="store_true", help="do not record")
+    p.add_argument("--report", help="JSON report (default: <logs>/report.json)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.add_argument("--graph-only", action="store_true",
+                   help="only the ROS graph (cloud, edge servers, gateway), no broker or devices")
     p.add_argument("--probe", type=int, default=0, metavar="N",
-                   help="send N task requests once the graph is up and print per-hop latencies")
+                   help="graph only: send N task requests once it is up and print per-hop latencies")
     p.add_argument("--logs", help="directory for the node logs (default: a temporary directory)")
     p.add_argument("--verbose", action="store_true", help="stream the node logs to the terminal")
     p.set_defaults(func=cmd_factory)

@@ -90,3 +90,30 @@ def test_mcap_recorder_writes_ros2_messages_foxglove_can_decode(tmp_path):
     assert [r.task_id for r in results] == [f"t{i}" for i in range(5)] and results[0].reason == "late"
     dec = [deserialize_message(d, Decision) for t, d in msgs if t == "/aigc/decision"]
     assert dec[0].target_id == "edge2" and dec[0].offload_share == 0.5
+
+
+def test_factory_main_job_runs_devices_over_both_protocols_and_reports(tmp_path):
+    """The README's first command, shortened: broker, cloud, 4 edge servers, gateway, 2 OPC UA
+    controllers, 2 MQTT cameras for 8 s; every request reaches a terminal state, both device kinds
+    are in the report, the MCAP recording holds the run, and nothing is left running."""
+    from mcap.reader import make_reader
+
+    logs = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "policies.cli", "factory", "--duration", "8", "--controllers", "2",
+                        "--cameras", "2", "--logs", str(logs), "--no-progress"],
+                       env=ros_child_env(random.randint(100, 230)), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    rep = json.loads((logs / "report.json").read_text())
+    for kind in ("controller", "camera"):
+        assert rep[kind]["requests"] > 0, rep
+        assert rep[kind]["terminal"] == rep[kind]["requests"], rep
+    o = rep["overall"]
+    assert o["duplicate_terminal_results"] == 0 and rep["results_for_unknown_tasks"] == 0
+    assert sum(o["states"].values()) == o["terminal"] and 0.0 <= o["completion_rate"] <= 1.0
+    assert "controller" in p.stdout and "camera" in p.stdout and "MCAP recording" in p.stdout
+    with open(logs / "factory.mcap", "rb") as f:
+        topics = {ch.topic for _s, ch, _m in make_reader(f).iter_messages()}
+    assert {"/aigc/task_request", "/aigc/decision", "/aigc/task_result", "/aigc/edge_status"} <= topics
+    # every process the job started is gone
+    left = subprocess.run(["pgrep", "-f", str(logs)], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes still running: {left}"

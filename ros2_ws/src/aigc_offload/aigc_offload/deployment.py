@@ -75,6 +75,30 @@ class CloudConfig(BaseModel):
     max_chunk_bytes: int = Field(1 << 20, gt=0, description="largest chunk per reply, bytes")
 
 
+class MqttConfig(BaseModel):
+    """The MQTT side (cameras): the broker the bridge node connects to."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="run the mqtt_bridge node")
+    host: str = Field("localhost", description="broker host")
+    port: int = Field(8883, ge=1, le=65535, description="broker TLS port")
+    ca_file: str = Field("", description="CA of the broker's certificate ('' = the system store)")
+    username: str = Field("bridge", description="the bridge's broker account")
+    password_file: str = Field("", description="file holding that account's password")
+    enterprise: str = Field("factory", description="first level of the unified namespace")
+    site: str = Field("plant1", description="site level of the unified namespace")
+
+
+class OpcuaConfig(BaseModel):
+    """The OPC UA side (controllers): the device servers the ingress node serves."""
+
+    model_config = ConfigDict(extra="forbid")
+    endpoints: list[str] = Field(default_factory=list, description="opc.tcp:// URLs; empty = no OPC UA ingress")
+    pki_dir: str = Field("", description="lab PKI directory (python -m opcua_devices.pki)")
+    client_name: str = Field("gateway", description="the ingress's certificate and user name in the PKI")
+    password_file: str = Field("", description="'' = <pki_dir>/clients/<client_name>/password")
+
+
 class Deployment(BaseModel):
     """A factory deployment: plant preset + seed, and the settings of each node kind."""
 
@@ -85,6 +109,8 @@ class Deployment(BaseModel):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     edge_server: EdgeServerConfig = Field(default_factory=EdgeServerConfig)
     cloud: CloudConfig = Field(default_factory=CloudConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    opcua: OpcuaConfig = Field(default_factory=OpcuaConfig)
 
 
 def load_deployment(path: str | Path, overrides: dict[str, Any] | None = None) -> Deployment:
@@ -230,6 +256,17 @@ def node_specs(dep: Deployment, plant: Plant | None = None) -> list[NodeSpec]:
         "policy": dep.gateway.policy, "fallback_policy": dep.gateway.fallback_policy,
         "result_grace_s": dep.gateway.result_grace_s, "submit_timeout_s": dep.gateway.submit_timeout_s,
         "diagnostics_period_s": dep.gateway.diagnostics_period_s, "autostart": True}))
+    if dep.mqtt.enabled:
+        m = dep.mqtt
+        specs.append(NodeSpec("mqtt_bridge_node", "mqtt_bridge", {
+            "host": m.host, "port": m.port, "tls": True, "ca_file": m.ca_file, "username": m.username,
+            "password_file": m.password_file, "enterprise": m.enterprise, "site": m.site, "preset": dep.preset,
+            "device_kind": "camera", "autostart": True}))
+    if dep.opcua.endpoints:
+        o = dep.opcua
+        specs.append(NodeSpec("opcua_ingress_node", "opcua_ingress", {
+            "endpoints": list(o.endpoints), "pki_dir": o.pki_dir, "client_name": o.client_name,
+            "password_file": o.password_file, "autostart": True}))
     return specs
 
 

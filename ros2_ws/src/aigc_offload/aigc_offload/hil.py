@@ -248,7 +248,7 @@ def run_hil(dep, *, slots: int, seed: int, workdir: str, settle_s: float = 5.0, 
     from policies.workload import episode_rng
 
     from .deployment import draw_plant, node_specs
-    from .runner import Graph, wait_gateway_ready
+    from .runner import Graph, GatewayReadiness
 
     out = out or sys.stdout
     plant = draw_plant(dep)
@@ -274,11 +274,11 @@ def run_hil(dep, *, slots: int, seed: int, workdir: str, settle_s: float = 5.0, 
 
     ex = EventsExecutor()
     ex.add_node(node)
-    spin = threading.Thread(target=ex.spin, daemon=True)
-    spin.start()
     try:
         player = TracePlayer(node, plant, np.asarray(wl.params["device_cpu_ghz"]))
-        if not wait_gateway_ready(node, len(plant.edges), 90.0):
+        ready = GatewayReadiness(node, len(plant.edges))
+        threading.Thread(target=ex.spin, daemon=True).start()  # after every entity is created
+        if not ready.wait(90.0):
             raise RuntimeError("the gateway did not see every edge server: " + graph.tail("edge_gateway"))
         time.sleep(1.0)
         print(f"hil: playing {len(tasks)} tasks of {slots} slots ({slots * sim.preset.slot_s:g} s)", file=out, flush=True)

@@ -91,26 +91,28 @@ class Graph:
         return ""
 
 
-def wait_gateway_ready(node, num_edges: int, timeout_s: float) -> bool:
-    """Wait until the gateway's diagnostics report every edge server alive (``node`` is being spun
-    by an executor in another thread)."""
-    import threading as _th
+class GatewayReadiness:
+    """Watches the gateway's diagnostics for every edge server alive. Create it before the node's
+    executor starts spinning (the events executor must not see entities created from another
+    thread while it spins), then ``wait()``."""
 
-    from diagnostic_msgs.msg import DiagnosticArray
+    def __init__(self, node, num_edges: int):
+        import threading as _th
 
-    ready = _th.Event()
-    want = f"{num_edges}/{num_edges}"
+        from diagnostic_msgs.msg import DiagnosticArray
 
-    def on_diag(msg: DiagnosticArray) -> None:
-        for st in msg.status:
-            if any(v.key == "edge_servers_alive" and v.value == want for v in st.values):
-                ready.set()
+        self._ready = _th.Event()
+        want = f"{num_edges}/{num_edges}"
 
-    sub = node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
-    try:
-        return ready.wait(timeout_s)
-    finally:
-        node.destroy_subscription(sub)
+        def on_diag(msg: DiagnosticArray) -> None:
+            for st in msg.status:
+                if any(v.key == "edge_servers_alive" and v.value == want for v in st.values):
+                    self._ready.set()
+
+        self._sub = node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._ready.wait(timeout_s)
 
 
 def probe(plant, count: int, timeout_s: float, deadline_s: float | None = None) -> dict:

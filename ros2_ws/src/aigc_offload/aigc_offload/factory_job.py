@@ -1,0 +1,230 @@
+"""The whole factory on one machine: broker, cloud, edge servers, gateway, OPC UA controllers and
+MQTT cameras, for a duration or a number of tasks, with a live progress line, a report and an MCAP
+recording.
+
+Everything is real: mosquitto (TLS, password file, per-device ACLs, persistence) started on free
+ports in the run directory, a lab PKI for OPC UA (Basic256Sha256 SignAndEncrypt, hashed users),
+one asyncua server process per controller, the cameras as paho clients, every ROS node its own
+process talking over DDS. The devices ask for tasks with the factory scenario's arrival process
+(their plant index's rows of the simulator's draw) and run their own share when the decision
+says so. The node graph is ``deployment.node_specs`` of the deployment with the broker and the
+device endpoints filled in, the same list ``factory.launch.py`` starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from .deployment import Deployment, draw_plant, node_specs
+from .runner import Graph, GatewayReadiness
+
+
+def _free_port() -> int:
+    from mqtt_bridge.broker import free_port
+
+    return free_port()
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _stop_procs(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    end = time.monotonic() + timeout_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(end - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def run_factory(dep: Deployment, *, duration_s: float | None, max_tasks: int | None, controllers: int, cameras: int,
+                workdir: Path, record: Path | None, report_path: Path | None, out=sys.stdout,
+                progress: bool = True) -> int:
+    from mqtt_bridge.broker import MosquittoBroker
+    from mqtt_bridge.topics import DeviceAddress
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    plant = draw_plant(dep)
+    ctrl = [d for d in plant.devices if d.kind == "controller"][:controllers]
+    cams = [d for d in plant.devices if d.kind == "camera"][:cameras]
+    env = _child_env()
+    procs: list[subprocess.Popen] = []
+    broker = None
+    graph = None
+    t_start = time.time()
+    rc = 0
+    print(f"factory: {len(ctrl)} controllers over OPC UA, {len(cams)} cameras over MQTT, {len(plant.edges)} edge "
+          f"servers, policy {dep.gateway.policy}; run directory {workdir}", file=out, flush=True)
+    try:
+        # -- broker and the camera accounts ----------------------------------------------------
+        updates: dict = {}
+        if cams:
+            addrs = [DeviceAddress(dep.mqtt.site, f"line{d.line + 1}", d.device_id, dep.mqtt.enterprise) for d in cams]
+            broker = MosquittoBroker(workdir / "broker", devices=addrs, bridge_users=("bridge",),
+                                     enterprise=dep.mqtt.enterprise).start()
+            secrets = workdir / "secrets"
+            secrets.mkdir(exist_ok=True)
+            for user in ["bridge"] + [d.device_id for d in cams]:
+                f = secrets / f"mqtt_{user}.password"
+                f.write_text(broker.password(user))
+                f.chmod(0o600)
+            updates["mqtt"] = dep.mqtt.model_copy(update={
+                "enabled": True, "host": "localhost", "port": broker.tls_port, "ca_file": str(broker.ca_file),
+                "username": "bridge", "password_file": str(secrets / "mqtt_bridge.password")})
+        # -- OPC UA PKI and the controller servers ----------------------------------------------
+        if ctrl:
+            pki = workdir / "pki"
+            subprocess.run([sys.executable, "-m", "opcua_devices.pki", "--out", str(pki), "--devices",
+                            *[d.device_id for d in ctrl], "--clients", "gateway", "--hosts", "localhost"],
+                           env=env, check=True, capture_output=True, text=True)
+            endpoints = []
+            for d in ctrl:
+                port = _free_port()
+                endpoints.append(f"opc.tcp://localhost:{port}")
+                log = open(workdir / f"device_{d.device_id}.log", "w")  # noqa: SIM115 - the child keeps it
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "opcua_devices.server", "--kind", "controller", "--device-id", d.device_id,
+                     "--host", "localhost", "--port", str(port), "--pki", str(pki), "--preset", dep.preset,
+                     "--source", "scenario", "--index", str(d.index), "--seed", str(dep.seed),
+                     "--cpu-ghz", f"{d.cpu_ghz:.6f}"],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            updates["opcua"] = dep.opcua.model_copy(update={"endpoints": endpoints, "pki_dir": str(pki)})
+        run_dep = dep.model_copy(update=updates)
+        # -- the ROS graph, and this process watching and recording it --------------------------
+        graph = Graph(node_specs(run_dep, plant), workdir, env)
+        graph.start()
+        rc = _watch(run_dep, plant, graph, cams, broker, workdir, env, procs, duration_s, max_tasks, record,
+                    report_path, out, progress)
+    finally:
+        _stop_procs(procs)
+        if graph is not None:
+            graph.stop()
+        if broker is not None:
+            broker.stop()
+    print(f"factory: stopped after {time.time() - t_start:.1f} s", file=out, flush=True)
+    return rc
+
+
+def _watch(dep, plant, graph, cams, broker, workdir, env, procs, duration_s, max_tasks, record, report_path, out,
+           progress) -> int:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from aigc_offload_interfaces.msg import Decision, EdgeServerStatus, TaskRequest, TaskResult
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from .deployment import DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC, STATUS_TOPIC
+    from .factory_report import RunMonitor, format_report
+    from .recorder import McapRecorder
+
+    rclpy.init()
+    node = rclpy.create_node(f"factory_monitor_{uuid.uuid4().hex[:6]}")
+    ex = SingleThreadedExecutor()  # the events executor drops raw (serialized) subscriptions' messages here
+    ex.add_node(node)
+    monitor = RunMonitor()
+    recorder = None
+    stop = {"signal": None}
+    old = {s: signal.signal(s, lambda signum, _f: stop.__setitem__("signal", signum))
+           for s in (signal.SIGINT, signal.SIGTERM)}
+    rc = 0
+    try:
+        node.create_subscription(TaskRequest, REQUEST_TOPIC, monitor.on_request, 1000)
+        node.create_subscription(Decision, DECISION_TOPIC, monitor.on_decision, 1000)
+        node.create_subscription(TaskResult, RESULT_TOPIC, monitor.on_result, 1000)
+        if record is not None:
+            recorder = McapRecorder(node, record, {
+                REQUEST_TOPIC: TaskRequest, DECISION_TOPIC: Decision, EXECUTION_RESULT_TOPIC: TaskResult,
+                RESULT_TOPIC: TaskResult, STATUS_TOPIC: EdgeServerStatus, "/diagnostics": DiagnosticArray})
+        ready = GatewayReadiness(node, len(plant.edges))
+        threading.Thread(target=ex.spin, daemon=True).start()  # after every entity is created
+        if not ready.wait(120.0):
+            failed = graph.failed()
+            why = "; ".join(f"{p.spec.name} exited {p.returncode}" for p in failed) or "no diagnostics"
+            print(f"factory: the graph did not come up ({why}); logs in {workdir}", file=sys.stderr)
+            return 1
+        # The cameras start once the bridge is up (the controllers queue their requests until the
+        # ingress connects, so they may start first).
+        if cams:
+            spec = [{"device_id": d.device_id, "site": dep.mqtt.site, "line": f"line{d.line + 1}",
+                     "enterprise": dep.mqtt.enterprise, "index": d.index, "cpu_ghz": d.cpu_ghz, "host": "localhost",
+                     "port": broker.tls_port, "ca_file": str(broker.ca_file),
+                     "password_file": str(workdir / "secrets" / f"mqtt_{d.device_id}.password")} for d in cams]
+            (workdir / "cameras.json").write_text(json.dumps(spec, indent=1))
+            log = open(workdir / "cameras.log", "w")  # noqa: SIM115 - the child keeps it
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "mqtt_bridge.cameras", "--spec", str(workdir / "cameras.json"),
+                 "--preset", dep.preset, "--seed", str(dep.seed)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        print("factory: graph up; devices asking for tasks", file=out, flush=True)
+        t0 = time.monotonic()
+        last = 0.0
+        while stop["signal"] is None:
+            now = time.monotonic()
+            n, _term, _done = monitor.counts()
+            if duration_s is not None and now - t0 >= duration_s:
+                break
+            if max_tasks is not None and n >= max_tasks:
+                break
+            failed = [p for p in graph.failed()]
+            if failed:
+                for p in failed:
+                    print(f"factory: node {p.spec.name} exited with {p.returncode}:\n{graph.tail(p.spec.name)}",
+                          file=sys.stderr)
+                rc = 1
+                break
+            if progress and now - last >= 1.0:
+                print("\r" + monitor.progress_line(), end="", file=out, flush=True)
+                last = now
+            time.sleep(0.1)
+        # Stop the devices (no new requests), let the tasks in flight reach their terminal state.
+        _stop_procs(procs)
+        procs.clear()
+        grace = max(dep.gateway.result_grace_s, 0.5) + 3.0
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            n, term, _ = monitor.counts()
+            if term >= n:
+                break
+            time.sleep(0.1)
+        if progress:
+            print("\r" + monitor.progress_line(), file=out, flush=True)
+        rep = monitor.report()
+        rep["deployment"] = {"preset": dep.preset, "seed": dep.seed, "policy": dep.gateway.policy,
+                             "controllers": len(dep.opcua.endpoints), "cameras": len(cams),
+                             "edge_servers": len(plant.edges)}
+        if recorder is not None:
+            rep["recording"] = {"path": str(record), "messages": dict(recorder.counts)}
+        print(format_report(rep), file=out, flush=True)
+        if report_path is not None:
+            report_path.write_text(json.dumps(rep, indent=1))
+            print(f"factory: report written to {report_path}", file=out)
+        if record is not None:
+            print(f"factory: MCAP recording {record} (open it in Foxglove)", file=out)
+        return rc
+    finally:
+        if recorder is not None:
+            recorder.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+        ex.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
