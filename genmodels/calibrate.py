@@ -99,11 +99,15 @@ def write_preset(path: Path, res: dict) -> list[str]:
         r = res["models"][m.group(2)]
         ms = r["s_per_unit_median"] * 1e3
         comment = f"   # Gcycles per {r['unit']}, measured: {ms:.3g} ms/{r['unit']} (p90 {r['s_per_unit_p90'] * 1e3:.3g})"
-        lines[i] = m.group(1) + _fmt(r["gcycles_per_unit"]) + m.group(4) + comment + m.group(6)
+        head = m.group(1)
+        if res.get("write_sizes"):  # the calibrated preset: model sizes are the real files' (MB = 1e6 byte)
+            head = re.sub(r"size_mb:\s*[-+0-9.eE]+", f"size_mb: {_fmt(r['size_bytes'] / 1e6)}", head)
+        lines[i] = head + _fmt(r["gcycles_per_unit"]) + m.group(4) + comment + m.group(6)
         written.append(m.group(2))
     header = (f"{HEADER_MARK} on {res['date']}, host clock {res['clock_ghz']:.3f} GHz ({res['clock_source']}),\n"
               f"# onnxruntime {res['threads']} thread(s), median of {res['repeats']} runs of the genmodels zoo"
-              f" (docs/genmodels.md); size_mb stays the papers' (the zoo files are small stand-ins).\n")
+              + (" (docs/genmodels.md); size_mb = the zoo files' sizes.\n" if res.get("write_sizes") else
+                 " (docs/genmodels.md); size_mb stays the papers' (the zoo files are small stand-ins).\n"))
     idx = next((i for i, l in enumerate(lines) if l.startswith("models:")), None)
     if idx is None:
         raise CalibrationError(f"{path} has no top-level 'models:' line")
@@ -142,6 +146,7 @@ def run_calibrate(args) -> int:
         old = {m.name: m.gcycles_per_unit for m in getattr(load_preset(str(path)), "models", [])}
     for name, r in res["models"].items():
         r["preset_gcycles_per_unit"] = old.get(name)
+    res["write_sizes"] = bool(getattr(args, "sizes", False))
     if args.write:
         if not path.is_file():
             raise UserError(f"preset file {path} does not exist")

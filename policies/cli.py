@@ -137,6 +137,10 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "e2e":
+        from aigc_offload.bench_e2e import cli as bench_e2e
+
+        return bench_e2e(args.rate, args.seconds, args.json)
     if args.what == "decision":
         from policies.runtime.bench import bench_decision, format_bench_decision
 
@@ -292,9 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("bench", help="benchmarks that print numbers")
-    p.add_argument("what", choices=["env", "decision"],
+    p.add_argument("what", choices=["env", "decision", "e2e"],
                    help="env: simulator throughput and the LAD-TS Opt-TS episode time; decision: exported policies' "
-                        "per-decision latency, onnxruntime vs torch, and batch throughput")
+                        "per-decision latency, onnxruntime vs torch, and batch throughput; e2e: request -> decision "
+                        "at the device over MQTT and OPC UA through the whole graph, with the protocol floors")
+    p.add_argument("--rate", type=float, default=500.0, help="e2e: requests per second per protocol")
+    p.add_argument("--seconds", type=float, default=10.0, help="e2e: measured seconds per protocol")
     p.add_argument("--decisions", type=_positive_int, default=10_000, help="decision: timed single decisions per engine")
     p.add_argument("--decision-batch", type=_positive_int, default=1024, help="decision: tasks per batch for throughput")
     p.add_argument("--json", action="store_true")
@@ -306,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="build: tiny training runs (tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zoo", help="calibrate: zoo directory with catalog.yaml (default genmodels/zoo)")
-    p.add_argument("--preset", default="factory", help="calibrate: preset name or YAML path to write")
+    p.add_argument("--preset", default="factory_onebox",
+                   help="calibrate: preset name or YAML path to write (default: the calibrated one-box preset)")
     p.add_argument("--write", action="store_true", help="calibrate: write gcycles_per_unit into the preset")
+    p.add_argument("--sizes", action="store_true", help="calibrate --write: also set size_mb to the model files' sizes")
     p.add_argument("--json", action="store_true")
     p.add_argument("--clock-ghz", type=float, help="calibrate: host clock, GHz (default: /proc/cpuinfo or lscpu)")
     p.add_argument("--repeats", type=_positive_int, default=15, help="calibrate: timed repeats per model")
