@@ -219,6 +219,8 @@ def test_gateway_lifecycle_refuses_a_missing_or_broken_policy_unless_a_fallback_
         assert state() == State.PRIMARY_STATE_UNCONFIGURED
         assert not transition(Transition.TRANSITION_CONFIGURE)  # missing file
         assert state() == State.PRIMARY_STATE_UNCONFIGURED
+        set_param("policy", "factory_distill_s0.onnx")  # the shipped policy: trained for 4 edge servers, not 2
+        assert not transition(Transition.TRANSITION_CONFIGURE)
         set_param("policy", str(broken))
         assert not transition(Transition.TRANSITION_CONFIGURE)  # not an ONNX policy
         set_param("policy", "opt")
@@ -238,6 +240,8 @@ def test_gateway_lifecycle_refuses_a_missing_or_broken_policy_unless_a_fallback_
     assert f"Refusing to configure: policy file '{tmp_path / 'missing.onnx'}' does not exist" in log, log[-3000:]
     assert f"Refusing to configure: policy file '{broken}' cannot be used" in log, log[-3000:]
     assert "needs the simulator's true state" in log, log[-3000:]
+    assert ("factory_distill_s0.onnx' expects observation field 9 to be 'uplink_mbps' (width 4), but the "
+            "simulator's field 9 is 'uplink_mbps' (width 2)") in log, log[-3000:]
     assert "using the fallback heuristic 'round_robin'" in log, log[-3000:]
 
 
