@@ -24,7 +24,7 @@ def test_hil_replays_a_trace_and_compares_every_task_with_the_simulator(tmp_path
     details = tmp_path / "details.jsonl"
     p = subprocess.run([sys.executable, "-m", "policies.cli", "hil", "--slots", "10", "--seed", "3", "--json",
                         "--details", str(details), "--logs", str(tmp_path / "logs")],
-                       env=ros_child_env(random.randint(100, 230)), capture_output=True, text=True, timeout=240)
+                       env=ros_child_env(random.randint(100, 230)), capture_output=True, text=True, timeout=420)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout)
     c = out["comparison"]
@@ -101,7 +101,7 @@ def test_factory_main_job_runs_devices_over_both_protocols_and_reports(tmp_path)
     logs = tmp_path / "run"
     p = subprocess.run([sys.executable, "-m", "policies.cli", "factory", "--duration", "8", "--controllers", "2",
                         "--cameras", "2", "--logs", str(logs), "--no-progress"],
-                       env=ros_child_env(random.randint(100, 230)), capture_output=True, text=True, timeout=300)
+                       env=ros_child_env(random.randint(100, 230)), capture_output=True, text=True, timeout=420)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     rep = json.loads((logs / "report.json").read_text())
     for kind in ("controller", "camera"):

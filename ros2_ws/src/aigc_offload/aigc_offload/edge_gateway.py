@@ -18,6 +18,7 @@ request is answered at once with a REJECTED result whose reason says why.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -25,7 +26,7 @@ import time
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from aigc_offload_interfaces.msg import Decision, EdgeServerStatus, TaskRequest, TaskResult
@@ -159,6 +160,14 @@ class EdgeGateway(LifecycleNode):
             self.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, self._on_result, 100, callback_group=self._io),
             self.create_subscription(EdgeServerStatus, STATUS_TOPIC, self._on_status, 50, callback_group=self._io),
         ]
+        # Every SubmitTask client is created here, on the executor's thread: the events executor
+        # deadlocks when an entity is created from another thread while it spins (the hand-offs
+        # run in timer threads and only look the clients up).
+        for target in [e.server_id for e in self.core.plant.edges] + ["cloud"]:
+            node = self._submit_node(target)
+            if node not in self._submit_clients:
+                self._submit_clients[node] = self.create_client(SubmitTask, f"/{node}/submit_task",
+                                                                callback_group=self._io)
         self._active_timers = [
             self.create_timer(0.05, self._sweep, callback_group=self._io),
             self.create_timer(float(self.get_parameter("diagnostics_period_s").value), self._diagnostics,
@@ -230,13 +239,13 @@ class EdgeGateway(LifecycleNode):
             t.daemon = True
             t.start()
 
+    def _submit_node(self, target_id: str) -> str:
+        return str(self.get_parameter("cloud_node").value) if target_id == "cloud" else target_id
+
     def _client(self, target_id: str):
-        node = str(self.get_parameter("cloud_node").value) if target_id == "cloud" else target_id
-        c = self._submit_clients.get(node)
-        if c is None:
-            c = self.create_client(SubmitTask, f"/{node}/submit_task", callback_group=self._io)
-            self._submit_clients[node] = c
-        return c
+        """The SubmitTask client of a target (created in on_activate; None for an unknown target).
+        Never creates one: this runs in the hand-off timer threads."""
+        return self._submit_clients.get(self._submit_node(target_id))
 
     def _hand_off(self, msg: TaskRequest, dec: Decision, target_id: str) -> None:
         core = self.core
@@ -245,7 +254,9 @@ class EdgeGateway(LifecycleNode):
         timeout = float(self.get_parameter("submit_timeout_s").value)
         client = self._client(target_id)
         reason = ""
-        if not client.service_is_ready() and not client.wait_for_service(timeout_sec=timeout):
+        if client is None:
+            reason = f"{target_id} is not a target of this gateway (no SubmitTask client)"
+        elif not client.service_is_ready() and not client.wait_for_service(timeout_sec=timeout):
             reason = f"{target_id} is not reachable ({client.srv_name} has no server)"
         else:
             fut = client.call_async(SubmitTask.Request(task=msg, decision=dec, hops=0))
@@ -311,12 +322,33 @@ class EdgeGateway(LifecycleNode):
         self._diag_pub.publish(msg)
 
 
+def make_executor(kind: str):
+    """The gateway's executor (``AIGC_GATEWAY_EXECUTOR``: single, multi, events; default single).
+
+    single: rclpy's SingleThreadedExecutor. Measured with ``aigc-offload bench e2e``: the
+    MultiThreadedExecutor(4) it replaced added latency per callback (its thread hand-off) and
+    lost requests at 500/s. The gateway needs no parallel callbacks: a decision is one short
+    callback, and the hand-offs wait for their SubmitTask replies in their own timer threads.
+    events: rclpy.experimental.EventsExecutor. Every entity of the gateway is created on the
+    executor's thread (``__init__`` and lifecycle callbacks) as it requires, but on the Kilted
+    PyPI wheels (rclpy 9.1.2) a service of a node spun by it never answers (lifecycle
+    ``get_state`` and a plain service alike; subscriptions work), so the gateway cannot use it.
+    """
+    if kind == "multi":
+        return MultiThreadedExecutor(num_threads=4)
+    if kind == "events":
+        from rclpy.experimental import EventsExecutor
+
+        return EventsExecutor()
+    return SingleThreadedExecutor()
+
+
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = None
     try:
         node = EdgeGateway()
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = make_executor(os.environ.get("AIGC_GATEWAY_EXECUTOR", "single"))
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

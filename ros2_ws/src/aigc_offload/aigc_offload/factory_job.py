@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from .deployment import Deployment, draw_plant, node_specs
-from .runner import Graph, GatewayReadiness
+from .runner import Graph, GatewayReadiness, die_with_parent
 
 
 def _free_port() -> int:
@@ -106,7 +106,8 @@ def run_factory(dep: Deployment, *, duration_s: float | None, max_tasks: int | N
                      "--host", "localhost", "--port", str(port), "--pki", str(pki), "--preset", dep.preset,
                      "--source", "scenario", "--index", str(d.index), "--seed", str(dep.seed),
                      "--cpu-ghz", f"{d.cpu_ghz:.6f}"],
-                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=die_with_parent))
             updates["opcua"] = dep.opcua.model_copy(update={"endpoints": endpoints, "pki_dir": str(pki)})
         run_dep = dep.model_copy(update=updates)
         # -- the ROS graph, and this process watching and recording it --------------------------
@@ -173,7 +174,8 @@ def _watch(dep, plant, graph, cams, broker, workdir, env, procs, duration_s, max
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "mqtt_bridge.cameras", "--spec", str(workdir / "cameras.json"),
                  "--preset", dep.preset, "--seed", str(dep.seed)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=die_with_parent))
         print("factory: graph up; devices asking for tasks", file=out, flush=True)
         t0 = time.monotonic()
         last = 0.0

@@ -270,15 +270,16 @@ def run_hil(dep, *, slots: int, seed: int, workdir: str, settle_s: float = 5.0, 
     graph.start()
     rclpy.init()
     node = rclpy.create_node(f"hil_{uuid.uuid4().hex[:6]}")
-    from rclpy.experimental import EventsExecutor  # far lower wake-up latency than the Python executors
+    from rclpy.executors import SingleThreadedExecutor
 
-    ex = EventsExecutor()
+    # Not the events executor: it can hang when the node is torn down from this thread while it spins.
+    ex = SingleThreadedExecutor()
     ex.add_node(node)
     try:
         player = TracePlayer(node, plant, np.asarray(wl.params["device_cpu_ghz"]))
         ready = GatewayReadiness(node, len(plant.edges))
         threading.Thread(target=ex.spin, daemon=True).start()  # after every entity is created
-        if not ready.wait(90.0):
+        if not ready.wait(180.0):
             raise RuntimeError("the gateway did not see every edge server: " + graph.tail("edge_gateway"))
         time.sleep(1.0)
         print(f"hil: playing {len(tasks)} tasks of {slots} slots ({slots * sim.preset.slot_s:g} s)", file=out, flush=True)

@@ -26,6 +26,17 @@ from pathlib import Path
 from .deployment import Deployment, NodeSpec, draw_plant, node_specs, params_file_text
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of every child: the kernel sends it SIGTERM when the process that started it
+    dies, even by SIGKILL, so no node outlives its runner (Linux ``PR_SET_PDEATHSIG``)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 @dataclass
 class NodeProcess:
     spec: NodeSpec
@@ -52,7 +63,8 @@ class Graph:
             proc = subprocess.Popen(
                 [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
                  "--params-file", str(params)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
+                env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
+                preexec_fn=die_with_parent)
             self.procs.append(NodeProcess(spec, proc, log_path))
 
     def failed(self) -> list[NodeProcess]:
