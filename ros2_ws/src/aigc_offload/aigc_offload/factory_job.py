@@ -56,77 +56,118 @@ def _stop_procs(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
             p.wait()
 
 
+class PlantRun:
+    """Broker, PKI, OPC UA controller servers and the ROS graph of a deployment, started on enter
+    and stopped on exit. ``device_source``: "scenario" (the controllers ask for tasks with the
+    arrival process) or "none" (they only take RequestTask calls, e.g. from a HIL driver)."""
+
+    def __init__(self, dep: Deployment, controllers: int, cameras: int, workdir: Path,
+                 device_source: str = "scenario", extra_clients: tuple[str, ...] = ()):
+        self.dep, self.workdir, self.device_source = dep, workdir, device_source
+        self.extra_clients = extra_clients
+        self.plant = draw_plant(dep)
+        self.ctrl = [d for d in self.plant.devices if d.kind == "controller"][:controllers]
+        self.cams = [d for d in self.plant.devices if d.kind == "camera"][:cameras]
+        self.env = _child_env()
+        self.procs: list[subprocess.Popen] = []
+        self.broker = None
+        self.graph: Graph | None = None
+        self.endpoints: list[str] = []
+        self.pki: Path | None = None
+        self.run_dep = dep
+
+    def __enter__(self) -> "PlantRun":
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        from mqtt_bridge.broker import MosquittoBroker
+        from mqtt_bridge.topics import DeviceAddress
+
+        dep, workdir = self.dep, self.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        updates: dict = {}
+        if self.cams:  # the broker and the camera accounts
+            addrs = [DeviceAddress(dep.mqtt.site, f"line{d.line + 1}", d.device_id, dep.mqtt.enterprise)
+                     for d in self.cams]
+            self.broker = MosquittoBroker(workdir / "broker", devices=addrs, bridge_users=("bridge",),
+                                          enterprise=dep.mqtt.enterprise).start()
+            secrets = workdir / "secrets"
+            secrets.mkdir(exist_ok=True)
+            for user in ["bridge"] + [d.device_id for d in self.cams]:
+                f = secrets / f"mqtt_{user}.password"
+                f.write_text(self.broker.password(user))
+                f.chmod(0o600)
+            updates["mqtt"] = dep.mqtt.model_copy(update={
+                "enabled": True, "host": "localhost", "port": self.broker.tls_port, "ca_file": str(self.broker.ca_file),
+                "username": "bridge", "password_file": str(secrets / "mqtt_bridge.password")})
+        if self.ctrl:  # the OPC UA PKI and one server process per controller
+            self.pki = workdir / "pki"
+            subprocess.run([sys.executable, "-m", "opcua_devices.pki", "--out", str(self.pki), "--devices",
+                            *[d.device_id for d in self.ctrl], "--clients", "gateway", *self.extra_clients,
+                            "--hosts", "localhost"], env=self.env, check=True, capture_output=True, text=True)
+            for d in self.ctrl:
+                port = _free_port()
+                self.endpoints.append(f"opc.tcp://localhost:{port}")
+                log = open(workdir / f"device_{d.device_id}.log", "w")  # noqa: SIM115 - the child keeps it
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "opcua_devices.server", "--kind", "controller", "--device-id", d.device_id,
+                     "--host", "localhost", "--port", str(port), "--pki", str(self.pki), "--preset", dep.preset,
+                     "--source", self.device_source, "--index", str(d.index), "--seed", str(dep.seed),
+                     "--cpu-ghz", f"{d.cpu_ghz:.6f}"],
+                    env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=die_with_parent))
+            updates["opcua"] = dep.opcua.model_copy(update={"endpoints": list(self.endpoints),
+                                                            "pki_dir": str(self.pki)})
+        self.run_dep = dep.model_copy(update=updates)
+        self.graph = Graph(node_specs(self.run_dep, self.plant), workdir, self.env)
+        self.graph.start()
+
+    def start_camera_process(self) -> None:
+        """The cameras asking for tasks with the arrival process (``python -m mqtt_bridge.cameras``)."""
+        dep, workdir = self.run_dep, self.workdir
+        spec = [{"device_id": d.device_id, "site": dep.mqtt.site, "line": f"line{d.line + 1}",
+                 "enterprise": dep.mqtt.enterprise, "index": d.index, "cpu_ghz": d.cpu_ghz, "host": "localhost",
+                 "port": self.broker.tls_port, "ca_file": str(self.broker.ca_file),
+                 "password_file": str(workdir / "secrets" / f"mqtt_{d.device_id}.password")} for d in self.cams]
+        (workdir / "cameras.json").write_text(json.dumps(spec, indent=1))
+        log = open(workdir / "cameras.log", "w")  # noqa: SIM115 - the child keeps it
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "mqtt_bridge.cameras", "--spec", str(workdir / "cameras.json"),
+             "--preset", dep.preset, "--seed", str(dep.seed)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent))
+
+    def stop_devices(self) -> None:
+        _stop_procs(self.procs)
+        self.procs.clear()
+
+    def __exit__(self, *exc) -> None:
+        self.stop_devices()
+        if self.graph is not None:
+            self.graph.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+
 def run_factory(dep: Deployment, *, duration_s: float | None, max_tasks: int | None, controllers: int, cameras: int,
                 workdir: Path, record: Path | None, report_path: Path | None, out=sys.stdout,
                 progress: bool = True) -> int:
-    from mqtt_bridge.broker import MosquittoBroker
-    from mqtt_bridge.topics import DeviceAddress
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    plant = draw_plant(dep)
-    ctrl = [d for d in plant.devices if d.kind == "controller"][:controllers]
-    cams = [d for d in plant.devices if d.kind == "camera"][:cameras]
-    env = _child_env()
-    procs: list[subprocess.Popen] = []
-    broker = None
-    graph = None
     t_start = time.time()
-    rc = 0
-    print(f"factory: {len(ctrl)} controllers over OPC UA, {len(cams)} cameras over MQTT, {len(plant.edges)} edge "
-          f"servers, policy {dep.gateway.policy}; run directory {workdir}", file=out, flush=True)
-    try:
-        # -- broker and the camera accounts ----------------------------------------------------
-        updates: dict = {}
-        if cams:
-            addrs = [DeviceAddress(dep.mqtt.site, f"line{d.line + 1}", d.device_id, dep.mqtt.enterprise) for d in cams]
-            broker = MosquittoBroker(workdir / "broker", devices=addrs, bridge_users=("bridge",),
-                                     enterprise=dep.mqtt.enterprise).start()
-            secrets = workdir / "secrets"
-            secrets.mkdir(exist_ok=True)
-            for user in ["bridge"] + [d.device_id for d in cams]:
-                f = secrets / f"mqtt_{user}.password"
-                f.write_text(broker.password(user))
-                f.chmod(0o600)
-            updates["mqtt"] = dep.mqtt.model_copy(update={
-                "enabled": True, "host": "localhost", "port": broker.tls_port, "ca_file": str(broker.ca_file),
-                "username": "bridge", "password_file": str(secrets / "mqtt_bridge.password")})
-        # -- OPC UA PKI and the controller servers ----------------------------------------------
-        if ctrl:
-            pki = workdir / "pki"
-            subprocess.run([sys.executable, "-m", "opcua_devices.pki", "--out", str(pki), "--devices",
-                            *[d.device_id for d in ctrl], "--clients", "gateway", "--hosts", "localhost"],
-                           env=env, check=True, capture_output=True, text=True)
-            endpoints = []
-            for d in ctrl:
-                port = _free_port()
-                endpoints.append(f"opc.tcp://localhost:{port}")
-                log = open(workdir / f"device_{d.device_id}.log", "w")  # noqa: SIM115 - the child keeps it
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "opcua_devices.server", "--kind", "controller", "--device-id", d.device_id,
-                     "--host", "localhost", "--port", str(port), "--pki", str(pki), "--preset", dep.preset,
-                     "--source", "scenario", "--index", str(d.index), "--seed", str(dep.seed),
-                     "--cpu-ghz", f"{d.cpu_ghz:.6f}"],
-                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=die_with_parent))
-            updates["opcua"] = dep.opcua.model_copy(update={"endpoints": endpoints, "pki_dir": str(pki)})
-        run_dep = dep.model_copy(update=updates)
-        # -- the ROS graph, and this process watching and recording it --------------------------
-        graph = Graph(node_specs(run_dep, plant), workdir, env)
-        graph.start()
-        rc = _watch(run_dep, plant, graph, cams, broker, workdir, env, procs, duration_s, max_tasks, record,
-                    report_path, out, progress)
-    finally:
-        _stop_procs(procs)
-        if graph is not None:
-            graph.stop()
-        if broker is not None:
-            broker.stop()
+    run = PlantRun(dep, controllers, cameras, workdir)
+    print(f"factory: {len(run.ctrl)} controllers over OPC UA, {len(run.cams)} cameras over MQTT, "
+          f"{len(run.plant.edges)} edge servers, policy {dep.gateway.policy}; run directory {workdir}",
+          file=out, flush=True)
+    with run:
+        rc = _watch(run, duration_s, max_tasks, record, report_path, out, progress)
     print(f"factory: stopped after {time.time() - t_start:.1f} s", file=out, flush=True)
     return rc
 
 
-def _watch(dep, plant, graph, cams, broker, workdir, env, procs, duration_s, max_tasks, record, report_path, out,
-           progress) -> int:
+def _watch(run: PlantRun, duration_s, max_tasks, record, report_path, out, progress) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -137,6 +178,7 @@ def _watch(dep, plant, graph, cams, broker, workdir, env, procs, duration_s, max
     from .factory_report import RunMonitor, format_report
     from .recorder import McapRecorder
 
+    dep, plant, graph, cams, workdir = run.run_dep, run.plant, run.graph, run.cams, run.workdir
     rclpy.init()
     node = rclpy.create_node(f"factory_monitor_{uuid.uuid4().hex[:6]}")
     ex = SingleThreadedExecutor()  # the events executor drops raw (serialized) subscriptions' messages here
@@ -165,17 +207,7 @@ def _watch(dep, plant, graph, cams, broker, workdir, env, procs, duration_s, max
         # The cameras start once the bridge is up (the controllers queue their requests until the
         # ingress connects, so they may start first).
         if cams:
-            spec = [{"device_id": d.device_id, "site": dep.mqtt.site, "line": f"line{d.line + 1}",
-                     "enterprise": dep.mqtt.enterprise, "index": d.index, "cpu_ghz": d.cpu_ghz, "host": "localhost",
-                     "port": broker.tls_port, "ca_file": str(broker.ca_file),
-                     "password_file": str(workdir / "secrets" / f"mqtt_{d.device_id}.password")} for d in cams]
-            (workdir / "cameras.json").write_text(json.dumps(spec, indent=1))
-            log = open(workdir / "cameras.log", "w")  # noqa: SIM115 - the child keeps it
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "mqtt_bridge.cameras", "--spec", str(workdir / "cameras.json"),
-                 "--preset", dep.preset, "--seed", str(dep.seed)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=die_with_parent))
+            run.start_camera_process()
         print("factory: graph up; devices asking for tasks", file=out, flush=True)
         t0 = time.monotonic()
         last = 0.0
@@ -198,8 +230,7 @@ def _watch(dep, plant, graph, cams, broker, workdir, env, procs, duration_s, max
                 last = now
             time.sleep(0.1)
         # Stop the devices (no new requests), let the tasks in flight reach their terminal state.
-        _stop_procs(procs)
-        procs.clear()
+        run.stop_devices()
         grace = max(dep.gateway.result_grace_s, 0.5) + 3.0
         end = time.monotonic() + grace
         while time.monotonic() < end:
@@ -211,7 +242,7 @@ def _watch(dep, plant, graph, cams, broker, workdir, env, procs, duration_s, max
             print("\r" + monitor.progress_line(), file=out, flush=True)
         rep = monitor.report()
         rep["deployment"] = {"preset": dep.preset, "seed": dep.seed, "policy": dep.gateway.policy,
-                             "controllers": len(dep.opcua.endpoints), "cameras": len(cams),
+                             "controllers": len(run.ctrl), "cameras": len(cams),
                              "edge_servers": len(plant.edges)}
         if recorder is not None:
             rep["recording"] = {"path": str(record), "messages": dict(recorder.counts)}
