@@ -92,13 +92,26 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         extra["episodes"] = args.episodes
     if args.eval_episodes:
         extra["eval_episodes"] = args.eval_episodes
+    if args.report_only:
+        extra["report_only"] = True
+    if args.points:
+        subset = {}
+        for item in args.points:
+            key, _, vals = item.partition("=")
+            if not vals:
+                raise UserError(f"--points expects EXPERIMENT=V1,V2, got '{item}'")
+            subset[key.strip()] = tuple(int(v) if v.strip().lstrip("-").isdigit() else v.strip() for v in vals.split(","))
+        extra["x_subset"] = subset
     res = run(args.paper, quick=args.quick, seeds=args.seeds, out=args.out, runs=args.runs, jobs=args.jobs,
               command=["aigc-offload", *sys.argv[1:]], algo_set=_parse_overrides(args.set), **extra)
     for row in res.get("headline", []):
         pct = row["key"] != "convergence_reward"
         fmt = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.2f}")
         print(f"{row['what']}: ours {fmt(row['ours'])}, paper {fmt(row['paper'])} ({row['reference']})")
-    print(f"wrote {res['report_dir']}/report.md, results.json and figures in {res['wall_s']['total']:.0f} s")
+    if args.report_only:
+        print(f"re-made {res['report_dir']}/report.md and the figures from its results.json")
+    else:
+        print(f"wrote {res['report_dir']}/report.md, results.json and figures in {res['wall_s']['total']:.0f} s")
     return 0
 
 
@@ -207,7 +220,7 @@ def cmd_hil(args: argparse.Namespace) -> int:
     """Replay a trace through the running stack and compare with the simulator, task by task."""
     try:
         from aigc_offload.deployment import DeploymentError, load_deployment
-        from aigc_offload.hil import run_hil
+        from aigc_offload.hil import run_hil, run_hil_devices
     except ImportError as exc:
         raise UserError(f"the ROS 2 package aigc_offload is not installed in this environment ({exc}); "
                         "run scripts/setup.sh") from None
@@ -224,7 +237,11 @@ def cmd_hil(args: argparse.Namespace) -> int:
     except DeploymentError as exc:
         raise UserError(str(exc)) from None
     workdir = args.logs or tempfile.mkdtemp(prefix="aigc_hil_")
-    res = run_hil(dep, slots=args.slots, seed=args.seed, workdir=workdir, out=sys.stderr)
+    if args.via == "devices":
+        res = run_hil_devices(dep, slots=args.slots, seed=args.seed, controllers=args.controllers,
+                              cameras=args.cameras, workdir=workdir, out=sys.stderr)
+    else:
+        res = run_hil(dep, slots=args.slots, seed=args.seed, workdir=workdir, out=sys.stderr)
     out = {"comparison": res.comparison, "measured_done_rate": res.measured_done_rate,
            "predicted_done_rate": res.predicted_done_rate, "logs": workdir}
     if args.details:
@@ -285,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=_positive_int, help="evaluation episodes per seed and point")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override an algorithm config field for every training run (e.g. batch_size=256)")
+    p.add_argument("--points", action="append", metavar="EXPERIMENT=V1,V2",
+                   help="keep only these x values of an experiment (e.g. devices=5,10,20): a reduced run")
+    p.add_argument("--report-only", action="store_true",
+                   help="re-make report.md and the figures from the existing results.json (no training or evaluation)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("trace", help="write the workload a scenario generates to a trace file")
@@ -367,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="deployment file (default: the package's config/factory.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a deployment field (dotted keys)")
     p.add_argument("--slots", type=_positive_int, default=50, help="slots of the trace to play (slot_s each)")
+    p.add_argument("--via", choices=["devices", "ros"], default="devices",
+                   help="devices: requests through OPC UA controllers and MQTT cameras (their tasks of the trace); "
+                        "ros: every task of the trace on the ROS request topic, devices played in-process")
+    p.add_argument("--controllers", type=int, default=4, help="--via devices: OPC UA controllers")
+    p.add_argument("--cameras", type=int, default=4, help="--via devices: MQTT cameras")
     p.add_argument("--seed", type=int, default=0, help="trace: episode 0 of this seed")
     p.add_argument("--details", help="write one JSON line per task (decision, measured, predicted) here")
     p.add_argument("--logs", help="directory for the node logs")

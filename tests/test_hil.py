@@ -22,7 +22,7 @@ def test_hil_replays_a_trace_and_compares_every_task_with_the_simulator(tmp_path
     policy; every task gets a decision and one terminal result, and the simulator's replay of the
     same decisions is compared task by task."""
     details = tmp_path / "details.jsonl"
-    p = subprocess.run([sys.executable, "-m", "policies.cli", "hil", "--slots", "10", "--seed", "3", "--json",
+    p = subprocess.run([sys.executable, "-m", "policies.cli", "hil", "--via", "ros", "--slots", "10", "--seed", "3", "--json",
                         "--details", str(details), "--logs", str(tmp_path / "logs")],
                        env=ros_child_env(random.randint(100, 230)), capture_output=True, text=True, timeout=420)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -38,6 +38,24 @@ def test_hil_replays_a_trace_and_compares_every_task_with_the_simulator(tmp_path
     assert all(r["predicted_latency_s"] <= 2.5 + 1e-9 for r in rows if r["predicted_done"])
     log = (tmp_path / "logs" / "edge_gateway.log").read_text()
     assert "policy factory_distill_s0.onnx" in log
+
+
+def test_hil_through_opcua_controllers_and_mqtt_cameras(tmp_path):
+    """The trace's tasks of 2 controllers and 2 cameras asked for through the devices themselves
+    (a PLC program calling RequestTask over secure OPC UA, cameras publishing over MQTT/TLS); every
+    task is matched to its trace row and compared with the simulator."""
+    details = tmp_path / "details.jsonl"
+    p = subprocess.run([sys.executable, "-m", "policies.cli", "hil", "--via", "devices", "--controllers", "2",
+                        "--cameras", "2", "--slots", "40", "--seed", "1", "--json", "--details", str(details),
+                        "--logs", str(tmp_path / "logs")],
+                       env=ros_child_env(random.randint(100, 230)), capture_output=True, text=True, timeout=420)
+    assert p.returncode == 0, p.stderr[-3000:]
+    c = json.loads(p.stdout)["comparison"]
+    rows = [json.loads(line) for line in details.read_text().splitlines()]
+    assert c["via"] == {"opcua_controllers": 2, "mqtt_cameras": 2}
+    assert c["tasks"] == len(rows) > 0 and {r["device_id"][:3] for r in rows} == {"plc", "cam"}
+    assert c["without_decision_or_result"] == 0, [r for r in rows if r["measured_state"] is None][:3]
+    assert c["latency_rel_error_median"] is not None and 0.0 <= c["outcome_agreement"] <= 1.0
 
 
 def test_mcap_recorder_writes_ros2_messages_foxglove_can_decode(tmp_path):
@@ -115,5 +133,8 @@ def test_factory_main_job_runs_devices_over_both_protocols_and_reports(tmp_path)
         topics = {ch.topic for _s, ch, _m in make_reader(f).iter_messages()}
     assert {"/aigc/task_request", "/aigc/decision", "/aigc/task_result", "/aigc/edge_status"} <= topics
     # every process the job started is gone
-    left = subprocess.run(["pgrep", "-f", str(logs)], capture_output=True, text=True).stdout.split()
+    end = time.monotonic() + 10.0  # children get their parent-death signal asynchronously
+    while (left := subprocess.run(["pgrep", "-f", str(logs)], capture_output=True, text=True).stdout.split()) \
+            and time.monotonic() < end:
+        time.sleep(0.2)
     assert not left, f"processes still running: {left}"

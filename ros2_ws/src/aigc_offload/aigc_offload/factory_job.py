@@ -231,7 +231,10 @@ def _watch(run: PlantRun, duration_s, max_tasks, record, report_path, out, progr
             time.sleep(0.1)
         # Stop the devices (no new requests), let the tasks in flight reach their terminal state.
         run.stop_devices()
-        grace = max(dep.gateway.result_grace_s, 0.5) + 3.0
+        from policies.config import load_preset
+
+        pre = load_preset(dep.preset)
+        grace = max(pre.report_deadline_s, pre.image_deadline_s) + dep.gateway.result_grace_s + 3.0
         end = time.monotonic() + grace
         while time.monotonic() < end:
             n, term, _ = monitor.counts()

@@ -307,3 +307,197 @@ def run_hil(dep, *, slots: int, seed: int, workdir: str, settle_s: float = 5.0, 
     return HilResult(comp, float(np.mean(done_meas)) if done_meas else 0.0,
                      float(np.mean([pred[t.row]["done"] for t in tasks if t.row in decisions])) if decisions else 0.0,
                      details)
+
+
+# --------------------------------------------------------------------------------------------------
+# Through the real devices and protocols
+# --------------------------------------------------------------------------------------------------
+def run_hil_devices(dep, *, slots: int, seed: int, controllers: int, cameras: int, workdir: str,
+                    settle_s: float = 5.0, out=None) -> HilResult:
+    """The trace's tasks of the first ``controllers`` controllers and ``cameras`` cameras, asked for
+    through the devices themselves: a PLC program calls each controller's ``RequestTask`` over
+    OPC UA (Basic256Sha256 SignAndEncrypt), each camera publishes its request over MQTT (TLS,
+    QoS 1); the devices run their own shares with their executors and report them through the
+    ingress and the bridge. The simulator replays the same tasks (only those devices' rows) with
+    the deployment's decisions."""
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from aigc_offload_interfaces.msg import Decision, TaskResult
+    from mqtt_bridge.client import DeviceClient
+    from mqtt_bridge.schemas import TaskKind
+    from mqtt_bridge.schemas import TaskRequest as MqttTaskRequest
+    from mqtt_bridge.schemas import utc_now
+    from mqtt_bridge.topics import DeviceAddress
+    from policies.scenarios import make_simulator
+    from policies.workload import Workload, episode_rng
+
+    from .deployment import DECISION_TOPIC, RESULT_TOPIC
+    from .factory_job import PlantRun
+    from .runner import GatewayReadiness
+
+    out = out or sys.stdout
+    run = PlantRun(dep, controllers, cameras, Path(workdir), device_source="none", extra_clients=("plc",))
+    sim = make_simulator(dep.preset, expect="factory")
+    if len(run.plant.edges) != sim.N:
+        raise ValueError("HIL compares against the preset's full edge tier: run it with every edge server")
+    chosen = {d.index for d in run.ctrl + run.cams}
+    wl = sim.generate_workload(episode_rng(seed, 0, 0), 0)
+    keep = (np.asarray(wl.tasks["slot"]) < slots) & np.isin(np.asarray(wl.tasks["source"]), list(chosen))
+    wl = Workload(wl.scenario, 0, wl.params, {k: np.asarray(v)[keep] for k, v in wl.tasks.items()})
+    tasks = trace_tasks(sim, wl, run.plant)
+    measured: dict[str, Measured] = {}
+    lock = threading.Lock()
+
+    # Every decision and result is kept by task id: a controller's task id is known only when its
+    # RequestTask call returns, which can be after its decision crossed ROS.
+    def on_decision(msg) -> None:
+        with lock:
+            m = measured.setdefault(msg.task_id, Measured())
+            if m.decision is None:
+                m.decision = (int(msg.target_kind), int(msg.target_index), float(msg.offload_share),
+                              bool(msg.download_model))
+                m.decided_at_s = time.time()
+
+    def on_result(msg) -> None:
+        with lock:
+            m = measured.setdefault(msg.task_id, Measured())
+            if m.state is None:
+                m.state, m.latency_s, m.reason, m.executed_on = (int(msg.state), float(msg.latency_s), msg.reason,
+                                                                 msg.executed_on)
+                m.terminal_at_s = time.time()
+
+    with run:
+        rclpy.init()
+        node = rclpy.create_node(f"hil_devices_{uuid.uuid4().hex[:6]}")
+        ex = SingleThreadedExecutor()
+        ex.add_node(node)
+        node.create_subscription(Decision, DECISION_TOPIC, on_decision, 1000)
+        node.create_subscription(TaskResult, RESULT_TOPIC, on_result, 1000)
+        ready = GatewayReadiness(node, len(run.plant.edges))
+        threading.Thread(target=ex.spin, daemon=True).start()
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+        cams: dict[str, DeviceClient] = {}
+        opc: dict[str, tuple] = {}
+        try:
+            if not ready.wait(180.0):
+                raise RuntimeError("the gateway did not see every edge server: " + run.graph.tail("edge_gateway"))
+            # The PLC program's secure sessions to the controllers, the cameras' MQTT sessions.
+            if run.ctrl:
+                opc = asyncio.run_coroutine_threadsafe(_plc_sessions(run), loop).result(120.0)
+            for d in run.cams:
+                c = DeviceClient(run.broker.settings(d.device_id),
+                                 DeviceAddress(run.run_dep.mqtt.site, f"line{d.line + 1}", d.device_id,
+                                               run.run_dep.mqtt.enterprise),
+                                 executor=True, device_cpu_ghz=d.cpu_ghz, preset=dep.preset)
+                c.start()
+                cams[d.device_id] = c
+            time.sleep(2.0)  # let the ingress and the bridge finish (re)subscribing
+            print(f"hil: playing {len(tasks)} tasks of {slots} slots through {len(run.ctrl)} OPC UA controllers "
+                  f"and {len(run.cams)} MQTT cameras", file=out, flush=True)
+            start = time.time() + 0.5
+            futures = []
+            for t in sorted(tasks, key=lambda t: (t.slot, t.row)):
+                at = start + t.slot * sim.preset.slot_s
+                while (dt := at - time.time()) > 0:
+                    time.sleep(min(dt, 0.02))
+                if t.device_id in opc:
+                    fut = asyncio.run_coroutine_threadsafe(_plc_request(opc[t.device_id], t), loop)
+                    futures.append((t, fut))
+                else:
+                    cam = cams[t.device_id]
+                    t.task_id = cam.new_task_id()
+                    work = ({"denoising_steps": t.units} if t.kind == "image" else {"output_tokens": t.units})
+                    cam.submit(MqttTaskRequest(
+                        task_id=t.task_id, device_id=t.device_id,
+                        task_kind=TaskKind.defect_image if t.kind == "image" else TaskKind.report,
+                        model_name=t.model, input_bits=t.input_bits, deadline_s=t.deadline_s, created_at=utc_now(),
+                        **work))
+            for t, fut in futures:  # the controllers return the task id they assigned
+                t.task_id = fut.result(30.0)
+            end = time.time() + max(sim.preset.report_deadline_s, sim.preset.image_deadline_s) + settle_s
+            while time.time() < end:
+                with lock:
+                    if all(measured.get(t.task_id) and measured[t.task_id].state is not None for t in tasks):
+                        break
+                time.sleep(0.05)
+            with lock:
+                meas = dict(measured)
+        finally:
+            for c in cams.values():
+                c.stop()
+            if opc:
+                asyncio.run_coroutine_threadsafe(_plc_close(opc), loop).result(20.0)
+            loop.call_soon_threadsafe(loop.stop)
+            ex.shutdown(timeout_sec=2.0)
+            node.destroy_node()
+            rclpy.try_shutdown()
+    decisions = {t.row: meas[t.task_id].decision for t in tasks
+                 if t.task_id in meas and meas[t.task_id].decision is not None}
+    pred = predict(make_simulator(dep.preset, expect="factory"), wl, decisions)
+    comp = compare(tasks, meas, pred)
+    comp["via"] = {"opcua_controllers": len(run.ctrl), "mqtt_cameras": len(run.cams)}
+    done_meas = [meas[t.task_id].state == 0 for t in tasks if t.task_id in meas and meas[t.task_id].state is not None]
+    details = [{"row": t.row, "task_id": t.task_id, "device_id": t.device_id, "decision": meas[t.task_id].decision,
+                "measured_state": meas[t.task_id].state, "measured_latency_s": meas[t.task_id].latency_s,
+                "predicted_done": pred[t.row]["done"], "predicted_latency_s": pred[t.row]["latency_s"],
+                "reason": meas[t.task_id].reason} for t in tasks if t.task_id in meas]
+    return HilResult(comp, float(np.mean(done_meas)) if done_meas else 0.0,
+                     float(np.mean([pred[t.row]["done"] for t in tasks if t.row in decisions])) if decisions else 0.0,
+                     details)
+
+
+async def _plc_sessions(run) -> dict:
+    """One secure session per controller for the PLC program (PKI client 'plc')."""
+    import asyncio
+
+    from asyncua import Client
+
+    from opcua_devices import model as m
+    from opcua_devices.pki import LabPki
+    from opcua_devices.security import apply_client_security
+
+    pki = LabPki(run.pki)
+    out = {}
+    for d, url in zip(run.ctrl, run.endpoints):
+        deadline = time.monotonic() + 90.0
+        while True:  # the server process may still be starting; a new Client per attempt (asyncua #1660)
+            client = Client(f"{url}/aigc/", timeout=10)
+            try:
+                await apply_client_security(client, pki.client_security("plc"))  # fetches the endpoints too
+                await client.connect()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"controller {d.device_id} at {url} did not accept a session within 90 s")
+                await asyncio.sleep(0.5)
+        ns = await client.get_namespace_index(m.NAMESPACE_URI)
+        obj = await client.nodes.objects.get_child(f"{ns}:{d.device_id}")
+        meth = await obj.get_child(f"{ns}:RequestTask")
+        out[d.device_id] = (client, obj.nodeid, meth.nodeid)
+    return out
+
+
+async def _plc_request(session, t: TraceTask) -> str:
+    from opcua_devices.ingress import request_task_call
+
+    client, obj_id, meth_id = session
+    call = request_task_call(obj_id, meth_id, "report" if t.kind == "report" else "defect_image", t.model,
+                             t.input_bits, t.units, t.deadline_s)
+    res = (await client.uaclient.call([call]))[0]
+    if not res.StatusCode.is_good():
+        raise RuntimeError(f"RequestTask on {t.device_id} failed: {res.StatusCode}")
+    return str(res.OutputArguments[0].Value)
+
+
+async def _plc_close(sessions: dict) -> None:
+    for client, _o, _m in sessions.values():
+        try:
+            await client.disconnect()
+        except Exception:  # noqa: BLE001 - the server may already be gone
+            pass
