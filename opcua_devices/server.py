@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import signal
@@ -155,6 +156,10 @@ class DeviceServer:
         self._boot = uuid.uuid4().hex[:6]  # task ids stay unique across restarts of the device
         self._seq = 0
         self._tasks: dict[str, _Task] = {}  # open tasks (no result yet)
+        # PendingRequests / PendingExecutions kept incrementally: each entry's JSON is made once
+        # (re-serialising every open task on every change made a request O(open tasks)).
+        self._pending_json: OrderedDict[str, str] = OrderedDict()  # undecided open tasks, request order
+        self._exec_json: OrderedDict[str, str] = OrderedDict()  # open tasks the device ran its part of
         self._finished: OrderedDict[str, _Task] = OrderedDict()
         self._local_queue: asyncio.Queue[str] = asyncio.Queue()
         self._local_count = 0
@@ -229,19 +234,30 @@ class DeviceServer:
 
     # -- variables and events -------------------------------------------------------------------
     async def _set(self, name: str, value: Any) -> None:
-        await self._vars[name].write_value(ua.Variant(value, m.STATUS_VARIABLES[name][1]))
+        dv = ua.DataValue(ua.Variant(value, m.STATUS_VARIABLES[name][1]),
+                          SourceTimestamp=datetime.now(timezone.utc))
+        if self._server is not None:  # straight into the address space (subscriptions still notified)
+            await self._server.write_attribute_value(self._vars[name].nodeid, dv)
+        else:
+            await self._vars[name].write_value(dv)
 
     async def _bump(self, name: str) -> None:
         self.counters[name] += 1
         await self._set(name, self.counters[name])
 
+    @staticmethod
+    def _json_list(entries: OrderedDict[str, str]) -> str:
+        """The newest PENDING_LIST_MAX entries, oldest first, as a JSON array."""
+        if len(entries) <= PENDING_LIST_MAX:
+            return "[" + ",".join(entries.values()) + "]"
+        newest = list(itertools.islice(reversed(entries.values()), PENDING_LIST_MAX))
+        return "[" + ",".join(reversed(newest)) + "]"
+
     async def _publish_pending(self) -> None:
-        undecided = [t.request for t in self._tasks.values() if t.decision is None][-PENDING_LIST_MAX:]
-        await self._set("PendingRequests", "[" + ",".join(r.model_dump_json(exclude_none=True) for r in undecided) + "]")
+        await self._set("PendingRequests", self._json_list(self._pending_json))
 
     async def _publish_executions(self) -> None:
-        runs = [t.execution for t in self._tasks.values() if t.execution is not None][-PENDING_LIST_MAX:]
-        await self._set("PendingExecutions", "[" + ",".join(x.model_dump_json(exclude_none=True) for x in runs) + "]")
+        await self._set("PendingExecutions", self._json_list(self._exec_json))
 
     async def _refuse(self, err: RequestError, method: str) -> None:
         self.counters["RequestsRefused"] += 1
@@ -355,6 +371,7 @@ class DeviceServer:
             self._seq -= 1
             raise _validation_error(exc, _REQUEST_FIELD_ARG, m.REQUEST_TASK_INPUTS, "RequestTask") from None
         self._tasks[task_id] = _Task(req, asyncio.get_running_loop().time())
+        self._pending_json[task_id] = req.model_dump_json(exclude_none=True)
         self.requested.append(req)
         await self._bump("TasksRequested")
         await self._set("LastTaskId", task_id)
@@ -384,6 +401,7 @@ class DeviceServer:
             raise RequestError(ua.StatusCodes.BadInvalidState, "BadInvalidState",
                                f"task '{decision.task_id}' already ended ({task.result.state.value}).", 0)
         task.decision = decision
+        self._pending_json.pop(decision.task_id, None)
         task.t_decided = asyncio.get_running_loop().time()
         await self._set("LastDecision", decision.model_dump_json(exclude_none=True))
         await self._publish_pending()
@@ -407,13 +425,16 @@ class DeviceServer:
             return
         task.result = result
         self._tasks.pop(result.task_id, None)
+        was_pending = self._pending_json.pop(result.task_id, None) is not None
+        had_run = self._exec_json.pop(result.task_id, None) is not None
         self._finished[result.task_id] = task
         while len(self._finished) > FINISHED_KEEP:
             self._finished.popitem(last=False)
         await self._bump("TasksDone" if result.state == TerminalState.done else "TasksFailed")
         await self._set("LastResult", result.model_dump_json(exclude_none=True))
-        await self._publish_pending()
-        if task.execution is not None:
+        if was_pending:
+            await self._publish_pending()
+        if had_run:
             await self._publish_executions()
         async with self._event_lock:
             for name, var in m.finished_event_fields(result).items():
@@ -442,6 +463,8 @@ class DeviceServer:
             result=self._own_result(task, state, reason, executed_on="device", output_bits=output_bits,
                                     output_uri=output_uri))
         task.local, task.execution = "executed", report
+        if task.result is None and task.request.task_id in self._tasks:
+            self._exec_json[task.request.task_id] = report.model_dump_json(exclude_none=True)
         await self._set("LastExecution", report.model_dump_json(exclude_none=True))
         await self._publish_executions()
         async with self._event_lock:

@@ -138,14 +138,19 @@ async def _device_child(port: int, pki_dir: str, device_id: str, plc_client: str
             elif line[0] == "run":
                 rate, count, wait_s = float(line[1]), int(line[2]), float(line[3])
                 calls: list[list] = []
+                errors: dict[str, int] = {}
 
                 async def one() -> None:
                     t0 = time.perf_counter()
                     try:
                         res = (await client.uaclient.call([call]))[0]
                         tid = res.OutputArguments[0].Value if res.StatusCode.is_good() else ""
-                    except Exception:  # noqa: BLE001 - counted as not answered
+                        if not tid:
+                            errors[str(res.StatusCode)] = errors.get(str(res.StatusCode), 0) + 1
+                    except Exception as exc:  # noqa: BLE001 - counted as not answered
                         tid = ""
+                        key = f"{type(exc).__name__}: {exc}"[:200]
+                        errors[key] = errors.get(key, 0) + 1
                     calls.append([tid, t0, time.perf_counter()])
 
                 start = loop.time()
@@ -161,7 +166,7 @@ async def _device_child(port: int, pki_dir: str, device_id: str, plc_client: str
                 while loop.time() < deadline and not all(c[0] in decided for c in calls):
                     await asyncio.sleep(0.02)
                 print(json.dumps({"calls": calls, "decided": {c[0]: decided.get(c[0]) for c in calls},
-                                  "elapsed_s": elapsed}), flush=True)
+                                  "elapsed_s": elapsed, "errors": errors}), flush=True)
     finally:
         try:
             await client.disconnect()
@@ -205,6 +210,41 @@ class _DeviceProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.log.close()
+
+
+def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process and its descendants (this
+    process's own entry counts only itself: every other one is its child)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    stat: dict[int, tuple[int, float]] = {}  # pid -> (ppid, cpu s)
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                stat[int(d)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tck)
+            except (OSError, IndexError, ValueError):
+                continue
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stat.items():
+        children.setdefault(ppid, []).append(pid)
+    out = {}
+    for name, root in pids.items():
+        total, todo = 0.0, [root]
+        while todo:
+            pid = todo.pop()
+            total += stat.get(pid, (0, 0.0))[1]
+            if root != os.getpid():
+                todo += children.get(pid, [])
+        out[name] = total
+    return out
+
+
+def _cpu_per_request(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """CPU milliseconds per request of each process over a phase, and their sum."""
+    per = {k: round(1e3 * (after[k] - before[k]) / max(n, 1), 3) for k in before}
+    per["total"] = round(sum(per.values()), 3)
+    return per
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,6 +355,8 @@ def _opcua_result(out: dict, warmup: int) -> dict[str, Any]:
     res.update(sent=len(calls), answered=len(samples), refused=sum(1 for c in calls if not c[0]),
                achieved_rate_per_s=round(len(out["calls"]) / max(out["elapsed_s"], 1e-9), 1),
                request_call=_stats([c[2] - c[1] for c in calls]))
+    if out.get("errors"):
+        res["errors"] = out["errors"]
     return res
 
 
@@ -403,13 +445,19 @@ def run(rate: float = 500.0, seconds: float = 10.0, *, deployment=None, cameras:
                   "opcua_call": opcua_floor(floor_n, 50)["opcua_call"]}
         time.sleep(0.5)
         load.append(os.getloadavg())
+        pids = {p.spec.name: p.proc.pid for p in graph.procs}
+        pids.update({"opcua_device": device.proc.pid, "mosquitto": broker.proc.pid, "bench_mqtt_devices": os.getpid()})
         say(f"MQTT: {count} requests at {rate:g}/s from {len(devices)} cameras (+{warmup} warm-up)")
+        c0 = _cpu_s(pids)
         mqtt_res = _mqtt_run(devices, rate, count, warmup, wait_s=10.0)
+        mqtt_res["cpu_ms_per_request"] = _cpu_per_request(c0, _cpu_s(pids), warmup + count)
         load.append(os.getloadavg())
         time.sleep(1.0)
         say(f"OPC UA: {count} RequestTask calls at {rate:g}/s (+{warmup} warm-up)")
+        c0 = _cpu_s(pids)
         out = json.loads(device.ask(f"run {rate} {warmup + count} 10", 60 + 2 * (warmup + count) / rate))
         opcua_res = _opcua_result(out, warmup)
+        opcua_res["cpu_ms_per_request"] = _cpu_per_request(c0, _cpu_s(pids), warmup + count)
         load.append(os.getloadavg())
         return {"rate_per_s": rate, "seconds": seconds, "mqtt": mqtt_res, "opcua": opcua_res, "floors": floors,
                 "load_average_1m": [round(x[0], 2) for x in load],
@@ -459,7 +507,10 @@ class _RosWatch:
 
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         self.ctx = Context()
-        rclpy.init(context=self.ctx, domain_id=domain)
+        from rclpy.signals import SignalHandlerOptions
+
+        # rclpy's own SIGINT handler would only shut its context down: keep Ctrl-C a KeyboardInterrupt
+        rclpy.init(context=self.ctx, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node(f"bench_e2e_{uuid.uuid4().hex[:6]}", context=self.ctx)
         self.ready = readiness_cls(self.node, num_edges)
         self.executor = SingleThreadedExecutor(context=self.ctx)
@@ -509,7 +560,14 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.device_child:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it with "quit"
-        asyncio.run(_device_child(a.device_child, a.pki, a.device_id, a.plc_client))
+        prof = os.environ.get("AIGC_BENCH_DEVICE_PROFILE")  # a file: cProfile the device process there
+        if prof:
+            import cProfile
+
+            cProfile.runctx("asyncio.run(_device_child(a.device_child, a.pki, a.device_id, a.plc_client))",
+                            globals(), {"a": a, "asyncio": asyncio, "_device_child": _device_child}, prof)
+        else:
+            asyncio.run(_device_child(a.device_child, a.pki, a.device_id, a.plc_client))
         return 0
     return cli(a.rate, a.seconds, a.json)
 
