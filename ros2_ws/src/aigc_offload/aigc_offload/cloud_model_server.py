@@ -112,9 +112,9 @@ class CloudModelServer(LifecycleNode):
             self.create_service(FetchModelChunk, "~/fetch_model_chunk", self._on_fetch_chunk),
             self.create_service(SubmitTask, "~/submit_task", self._on_submit_task),
         ]
-        from .deployment import EXECUTION_RESULT_TOPIC
+        from .deployment import TASK_QUEUE_DEPTH, EXECUTION_RESULT_TOPIC
 
-        self._result_pub = self.create_publisher(TaskResult, EXECUTION_RESULT_TOPIC, 100)
+        self._result_pub = self.create_publisher(TaskResult, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
         self.get_logger().info("Active: serving ~/list_models, ~/fetch_model_chunk and ~/submit_task.")
         return super().on_activate(state)
 

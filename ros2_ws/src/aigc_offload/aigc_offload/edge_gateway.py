@@ -32,7 +32,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from aigc_offload_interfaces.msg import Decision, EdgeServerStatus, TaskRequest, TaskResult
 from aigc_offload_interfaces.srv import SubmitTask
 
-from .deployment import (CLOUD_NODE, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC,
+from .deployment import (TASK_QUEUE_DEPTH, CLOUD_NODE, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC,
                          STATUS_TOPIC, Deployment, draw_plant)
 from .gateway_core import TARGET_CLOUD, TARGET_EDGE, GatewayCore, Request, RequestError, Terminal
 from .messages import from_time, result_msg, task_units, to_time
@@ -151,13 +151,13 @@ class EdgeGateway(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._decision_pub = self.create_lifecycle_publisher(Decision, DECISION_TOPIC, 100)
-        self._result_pub = self.create_lifecycle_publisher(TaskResult, RESULT_TOPIC, 100)
+        self._decision_pub = self.create_lifecycle_publisher(Decision, DECISION_TOPIC, TASK_QUEUE_DEPTH)
+        self._result_pub = self.create_lifecycle_publisher(TaskResult, RESULT_TOPIC, TASK_QUEUE_DEPTH)
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         serial = MutuallyExclusiveCallbackGroup()  # decisions in arrival order, one at a time
         self._handles = [
-            self.create_subscription(TaskRequest, REQUEST_TOPIC, self._on_request, 100, callback_group=serial),
-            self.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, self._on_result, 100, callback_group=self._io),
+            self.create_subscription(TaskRequest, REQUEST_TOPIC, self._on_request, TASK_QUEUE_DEPTH, callback_group=serial),
+            self.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH, callback_group=self._io),
             self.create_subscription(EdgeServerStatus, STATUS_TOPIC, self._on_status, 50, callback_group=self._io),
         ]
         # Every SubmitTask client is created here, on the executor's thread: the events executor

@@ -36,7 +36,7 @@ from aigc_offload_interfaces.msg import EdgeServerStatus, TaskResult
 from aigc_offload_interfaces.srv import FetchModelChunk, ListModels, SubmitTask
 
 from .cloud_model_server import ros_fetch_chunk
-from .deployment import CLOUD_NODE, EXECUTION_RESULT_TOPIC, STATUS_TOPIC
+from .deployment import TASK_QUEUE_DEPTH, CLOUD_NODE, EXECUTION_RESULT_TOPIC, STATUS_TOPIC
 from .edge_core import EdgeServerCore, EdgeTask, ModelCache, PeerStatus
 from .messages import edge_task, from_time, model_work_table, task_result_for, to_time
 from .model_fetch import FetchError, download_model
@@ -78,7 +78,7 @@ class EdgeServer(LifecycleNode):
         self._cloud_submit = self.create_client(
             SubmitTask, f"/{self.get_parameter('cloud_node').value}/submit_task", callback_group=self._io_group)
         self._peer_clients: dict[str, object] = {}
-        self._result_pub = self.create_publisher(TaskResult, EXECUTION_RESULT_TOPIC, 100)
+        self._result_pub = self.create_publisher(TaskResult, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
         self.autostart_failed = False
         if self.get_parameter("autostart").value:
             self._autostart_timer = self.create_timer(0.0, self._autostart, callback_group=self._io_group)

@@ -62,7 +62,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 
 from aigc_offload_interfaces.msg import Decision, TaskRequest, TaskResult
 
-from .deployment import DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
+from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
 from .messages import from_time, result_msg, to_time
 
 NODE_NAME = "mqtt_bridge"
@@ -236,10 +236,10 @@ class MqttBridgeNode(LifecycleNode):
             if reason is not None:
                 self.get_logger().error(f"Cannot activate: {reason}")
                 return TransitionCallbackReturn.FAILURE
-        self._req_pub = self.create_lifecycle_publisher(TaskRequest, REQUEST_TOPIC, 100)
-        self._exec_pub = self.create_lifecycle_publisher(TaskResult, EXECUTION_RESULT_TOPIC, 100)
-        self._handles = [self.create_subscription(Decision, DECISION_TOPIC, self._on_decision, 100),
-                         self.create_subscription(TaskResult, RESULT_TOPIC, self._on_result, 100)]
+        self._req_pub = self.create_lifecycle_publisher(TaskRequest, REQUEST_TOPIC, TASK_QUEUE_DEPTH)
+        self._exec_pub = self.create_lifecycle_publisher(TaskResult, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
+        self._handles = [self.create_subscription(Decision, DECISION_TOPIC, self._on_decision, TASK_QUEUE_DEPTH),
+                         self.create_subscription(TaskResult, RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH)]
         self._timers = [self.create_timer(1.0, self._expire)]
         ret = super().on_activate(state)
         self._active = True

@@ -68,7 +68,7 @@ from aigc_offload_interfaces.msg import Decision as DecisionMsg
 from aigc_offload_interfaces.msg import TaskRequest as TaskRequestMsg
 from aigc_offload_interfaces.msg import TaskResult as TaskResultMsg
 
-from .deployment import DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
+from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
 from .messages import from_time, to_time
 
 NODE_NAME = "opcua_ingress"
@@ -272,8 +272,8 @@ class OpcuaIngressNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         from opcua_devices.ingress import IngressSettings, OpcuaIngress
 
-        self._req_pub = self.create_lifecycle_publisher(TaskRequestMsg, REQUEST_TOPIC, 100)
-        self._exec_pub = self.create_lifecycle_publisher(TaskResultMsg, EXECUTION_RESULT_TOPIC, 100)
+        self._req_pub = self.create_lifecycle_publisher(TaskRequestMsg, REQUEST_TOPIC, TASK_QUEUE_DEPTH)
+        self._exec_pub = self.create_lifecycle_publisher(TaskResultMsg, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         settings = IngressSettings(backoff_min_s=float(self._p("backoff_min_s")),
                                    backoff_max_s=float(self._p("backoff_max_s")),
@@ -288,8 +288,8 @@ class OpcuaIngressNode(LifecycleNode):
                                     on_device_result=self._on_execution, settings=settings)
         self.ingress.start()  # connects in the background; an absent server is retried with backoff
         self._handles = [
-            self.create_subscription(DecisionMsg, DECISION_TOPIC, self._on_decision, 100, callback_group=self._cb),
-            self.create_subscription(TaskResultMsg, RESULT_TOPIC, self._on_result, 100, callback_group=self._cb),
+            self.create_subscription(DecisionMsg, DECISION_TOPIC, self._on_decision, TASK_QUEUE_DEPTH, callback_group=self._cb),
+            self.create_subscription(TaskResultMsg, RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH, callback_group=self._cb),
         ]
         self._timers = [self.create_timer(float(self._p("diagnostics_period_s")), self._diagnostics,
                                           callback_group=self._cb)]
