@@ -27,21 +27,21 @@ import sys
 import threading
 import time
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from aigc_offload_interfaces.msg import ModelManifest as ModelManifestMsg
 from aigc_offload_interfaces.msg import TaskResult
 from aigc_offload_interfaces.srv import FetchModelChunk, ListModels, SubmitTask
 
+from .lifecycle_main import Autostart, run_node
 from .model_catalog import CatalogError, ModelCatalog
 
 NODE_NAME = "cloud_model_server"
 DEFAULT_MAX_CHUNK_BYTES = 1 << 20
 
 
-class CloudModelServer(LifecycleNode):
+class CloudModelServer(Autostart, LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
         self.declare_parameter("catalog_dir", "")
@@ -57,18 +57,9 @@ class CloudModelServer(LifecycleNode):
         self.max_chunk_bytes = DEFAULT_MAX_CHUNK_BYTES
         self._data_services: list = []
         self.chunks_served = 0
-        self.autostart_failed = False
-        if self.get_parameter("autostart").value:
-            self._autostart_timer = self.create_timer(0.0, self._autostart)
+        self.setup_autostart()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def _autostart(self) -> None:
-        self.destroy_timer(self._autostart_timer)
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
-        else:  # a node started to serve that cannot serve exits, so launchers see the failure
-            self.autostart_failed = True
-            self.context.try_shutdown()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         catalog_dir = str(self.get_parameter("catalog_dir").value or "")
@@ -249,24 +240,7 @@ def ros_fetch_chunk(node, client, timeout_s: float = 5.0, spin: bool = True, exe
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)  # rclpy's handlers turn SIGINT and SIGTERM into a context shutdown
-    node = None
-    try:
-        node = CloudModelServer()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            if node.context.ok():
-                node.get_logger().info("Shutting down.")
-            else:  # a signal already shut the context down: rosout is gone, log to stderr
-                print(f"[INFO] [{NODE_NAME}]: Shutting down.", file=sys.stderr, flush=True)
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 1 if node is not None and node.autostart_failed else 0
+    return run_node(CloudModelServer, SingleThreadedExecutor, args)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,15 @@ import sys
 import threading
 import time
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from aigc_offload_interfaces.msg import Decision, EdgeServerStatus, TaskRequest, TaskResult
 from aigc_offload_interfaces.srv import SubmitTask
 
+from .lifecycle_main import Autostart, run_node
 from .deployment import (TASK_QUEUE_DEPTH, CLOUD_NODE, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC,
                          STATUS_TOPIC, Deployment, draw_plant)
 from .gateway_core import TARGET_CLOUD, TARGET_EDGE, GatewayCore, Request, RequestError, Terminal
@@ -85,7 +85,7 @@ def load_gateway_policy(spec: str, sim):
     return policy
 
 
-class EdgeGateway(LifecycleNode):
+class EdgeGateway(Autostart, LifecycleNode):
     def __init__(self, node_name: str = "edge_gateway", **kwargs):
         super().__init__(node_name, **kwargs)
         for name, default in (("preset", "factory"), ("seed", 0), ("num_edge_servers", 0), ("policy", "greedy"),
@@ -98,17 +98,8 @@ class EdgeGateway(LifecycleNode):
         self._handles: list = []
         self._active_timers: list = []
         self._submit_clients: dict[str, object] = {}
-        self.autostart_failed = False
-        if self.get_parameter("autostart").value:
-            self._autostart_timer = self.create_timer(0.0, self._autostart)
+        self.setup_autostart()
 
-    def _autostart(self) -> None:
-        self.destroy_timer(self._autostart_timer)
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
-        else:  # a node started to serve that cannot serve exits, so launchers see the failure
-            self.autostart_failed = True
-            self.context.try_shutdown()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -344,21 +335,7 @@ def make_executor(kind: str):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = EdgeGateway()
-        executor = make_executor(os.environ.get("AIGC_GATEWAY_EXECUTOR", "single"))
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            print(f"[INFO] [{node.get_name()}]: Shutting down.", file=sys.stderr, flush=True)
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 1 if node is not None and node.autostart_failed else 0
+    return run_node(EdgeGateway, lambda: make_executor(os.environ.get("AIGC_GATEWAY_EXECUTOR", "single")), args)
 
 
 if __name__ == "__main__":

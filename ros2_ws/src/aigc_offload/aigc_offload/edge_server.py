@@ -27,14 +27,14 @@ import threading
 import time
 from pathlib import Path
 
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from aigc_offload_interfaces.msg import EdgeServerStatus, TaskResult
 from aigc_offload_interfaces.srv import FetchModelChunk, ListModels, SubmitTask
 
+from .lifecycle_main import Autostart, run_node
 from .cloud_model_server import ros_fetch_chunk
 from .deployment import TASK_QUEUE_DEPTH, CLOUD_NODE, EXECUTION_RESULT_TOPIC, STATUS_TOPIC
 from .edge_core import EdgeServerCore, EdgeTask, ModelCache, PeerStatus
@@ -50,7 +50,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class EdgeServer(LifecycleNode):
+class EdgeServer(Autostart, LifecycleNode):
+    def release(self) -> None:
+        self._deactivate()
+        self._release_cache()
+
+
     def __init__(self, node_name: str = "edge_server", **kwargs):
         super().__init__(node_name, **kwargs)
         for name, default in (("server_id", ""), ("server_index", 0), ("preset", "factory"), ("cpu_ghz", 10.0),
@@ -79,18 +84,9 @@ class EdgeServer(LifecycleNode):
             SubmitTask, f"/{self.get_parameter('cloud_node').value}/submit_task", callback_group=self._io_group)
         self._peer_clients: dict[str, object] = {}
         self._result_pub = self.create_publisher(TaskResult, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
-        self.autostart_failed = False
-        if self.get_parameter("autostart").value:
-            self._autostart_timer = self.create_timer(0.0, self._autostart, callback_group=self._io_group)
+        self.setup_autostart(self._io_group)
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def _autostart(self) -> None:
-        self.destroy_timer(self._autostart_timer)
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
-        else:  # a node started to serve that cannot serve exits, so launchers see the failure
-            self.autostart_failed = True
-            self.context.try_shutdown()
 
     def _fail(self, why: str) -> TransitionCallbackReturn:
         self.get_logger().error(f"Refusing to configure: {why}")
@@ -390,23 +386,7 @@ class EdgeServer(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = EdgeServer()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node._deactivate()
-            node._release_cache()
-            print(f"[INFO] [{node.get_name()}]: Shutting down.", file=sys.stderr, flush=True)
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 1 if node is not None and node.autostart_failed else 0
+    return run_node(EdgeServer, lambda: MultiThreadedExecutor(num_threads=4), args)
 
 
 if __name__ == "__main__":

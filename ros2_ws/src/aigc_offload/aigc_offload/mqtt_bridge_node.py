@@ -56,12 +56,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from aigc_offload_interfaces.msg import Decision, TaskRequest, TaskResult
 
+from .lifecycle_main import Autostart, run_node
 from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
 from .messages import from_time, result_msg, to_time
 
@@ -102,7 +102,7 @@ class _RosLogHandler(logging.Handler):
             pass
 
 
-class MqttBridgeNode(LifecycleNode):
+class MqttBridgeNode(Autostart, LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
         for name, default in (("host", "localhost"), ("port", 8883), ("tls", True), ("ca_file", ""),
@@ -128,17 +128,8 @@ class MqttBridgeNode(LifecycleNode):
         self._log_handler = _RosLogHandler(self)
         logging.getLogger("mqtt_bridge").addHandler(self._log_handler)
         logging.getLogger("mqtt_bridge").propagate = False  # no second copy on stderr
-        self.autostart_failed = False
-        if self.get_parameter("autostart").value:
-            self._autostart_timer = self.create_timer(0.0, self._autostart)
+        self.setup_autostart()
 
-    def _autostart(self) -> None:
-        self.destroy_timer(self._autostart_timer)
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
-        else:  # a node started to serve that cannot serve exits, so launchers see the failure
-            self.autostart_failed = True
-            self.context.try_shutdown()
 
     def _p(self, name: str):
         return self.get_parameter(name).value
@@ -454,24 +445,7 @@ class MqttBridgeNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)  # rclpy's handlers turn SIGINT and SIGTERM into a context shutdown
-    node = None
-    try:
-        node = MqttBridgeNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            if node.context.ok():
-                node.get_logger().info("Shutting down.")
-            else:
-                print(f"[INFO] [{node.get_name()}]: Shutting down.", file=sys.stderr, flush=True)
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 1 if node is not None and node.autostart_failed else 0
+    return run_node(MqttBridgeNode, SingleThreadedExecutor, args)
 
 
 if __name__ == "__main__":

@@ -57,17 +57,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from aigc_offload_interfaces.msg import Decision as DecisionMsg
 from aigc_offload_interfaces.msg import TaskRequest as TaskRequestMsg
 from aigc_offload_interfaces.msg import TaskResult as TaskResultMsg
 
+from .lifecycle_main import Autostart, run_node
 from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
 from .messages import from_time, to_time
 
@@ -172,7 +172,11 @@ class _ToRosLog(logging.Handler):
             pass
 
 
-class OpcuaIngressNode(LifecycleNode):
+class OpcuaIngressNode(Autostart, LifecycleNode):
+    def release(self) -> None:
+        self._teardown()
+
+
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
         self.declare_parameter("endpoints", [""], ParameterDescriptor(
@@ -201,17 +205,8 @@ class OpcuaIngressNode(LifecycleNode):
         self._handles: list = []
         self._timers: list = []
         self._log_handler: _ToRosLog | None = None
-        self.autostart_failed = False
-        if self.get_parameter("autostart").value:
-            self._autostart_timer = self.create_timer(0.0, self._autostart)
+        self.setup_autostart()
 
-    def _autostart(self) -> None:
-        self.destroy_timer(self._autostart_timer)
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
-        else:  # a node started to serve that cannot serve exits, so launchers see the failure
-            self.autostart_failed = True
-            self.context.try_shutdown()
 
     def _p(self, name: str):
         return self.get_parameter(name).value
@@ -448,28 +443,10 @@ class OpcuaIngressNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)  # rclpy's handlers turn SIGINT and SIGTERM into a context shutdown
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # asyncua logs every connection loss as an ERROR with a traceback; the ingress logs it in one line.
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)
-    node = None
-    try:
-        node = OpcuaIngressNode()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            print(f"[INFO] [{node.get_name()}]: Shutting down.", file=sys.stderr, flush=True)
-            try:
-                node._teardown()
-            except Exception:  # noqa: BLE001
-                pass
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 1 if node is not None and node.autostart_failed else 0
+    return run_node(OpcuaIngressNode, lambda: MultiThreadedExecutor(num_threads=2), args)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def probe(plant, count: int, timeout_s: float, deadline_s: float | None = None) 
     from aigc_offload_interfaces.msg import Decision, TaskRequest, TaskResult
 
     from .deployment import DECISION_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
-    from .messages import from_time, to_time
+    from .messages import to_time
 
     rclpy.init()
     node = Node(f"factory_probe_{uuid.uuid4().hex[:6]}")

@@ -1,0 +1,63 @@
+"""What every lifecycle node of the package shares: autostart and ``main()``.
+
+``autostart: true`` configures and activates a node without a lifecycle manager; a node that was
+started to serve but cannot configure shuts its context down, and :func:`run_node` then exits 1,
+so launchers and the runner see the failure. :func:`run_node` spins the node until SIGINT/SIGTERM
+(rclpy turns both into a context shutdown), runs the node's ``release()`` (stop threads, close
+sockets) and destroys it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import TransitionCallbackReturn
+
+
+class Autostart:
+    """Mixin for LifecycleNode subclasses; call ``self.setup_autostart()`` at the end of __init__."""
+
+    autostart_failed = False
+
+    def setup_autostart(self, callback_group=None) -> None:
+        self.autostart_failed = False
+        if self.get_parameter("autostart").value:
+            self._autostart_timer = self.create_timer(0.0, self._autostart, callback_group=callback_group)
+
+    def _autostart(self) -> None:
+        self.destroy_timer(self._autostart_timer)
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+        else:  # a node started to serve that cannot serve exits, so launchers see the failure
+            self.autostart_failed = True
+            self.context.try_shutdown()
+
+    def release(self) -> None:
+        """Stop what the node runs besides the executor (threads, sockets); called before destroy."""
+
+
+def run_node(make_node: Callable[[], object], make_executor: Callable[[], object],
+             args: list[str] | None = None) -> int:
+    rclpy.init(args=args)  # rclpy's handlers turn SIGINT and SIGTERM into a context shutdown
+    node = None
+    try:
+        node = make_node()
+        executor = make_executor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            # After a signal the context (and rosout) is gone: the last line goes to stderr.
+            print(f"[INFO] [{node.get_name()}]: Shutting down.", file=sys.stderr, flush=True)
+            try:
+                node.release()
+            except Exception as exc:  # noqa: BLE001 - shutting down anyway; say what failed
+                print(f"[WARN] [{node.get_name()}]: release failed: {exc}", file=sys.stderr, flush=True)
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 1 if node is not None and node.autostart_failed else 0
