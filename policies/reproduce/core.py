@@ -1,0 +1,318 @@
+"""Paper-independent reproduction machinery: a paper is a :class:`PaperSpec` (methods, experiments,
+settings, the paper's stated numbers); :func:`reproduce` trains (or reuses, or resumes) every
+trained method at every experiment point for every seed, evaluates all methods on common workloads,
+aggregates mean and std over seeds, and hands the numbers to the paper's report writer.
+
+Run directories: ``<runs>/<point>/<algo>_s<seed>`` (``<runs>`` defaults to ``runs/reproduce/<paper>``,
+``runs/reproduce/<paper>-quick`` for ``--quick``). A finished run (its checkpoint holds every requested
+episode) is reused, an unfinished one resumed (``aigc-offload train`` semantics).
+
+Seeds: training seed k trains the k-th run of each method; the evaluation of seed k uses the
+workloads of ``SeedSequence([EVAL_SEED_BASE + k, episode, 0])`` for every method (common random
+numbers within a seed), so heuristics get a spread over seeds too (over workloads).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from policies.errors import UserError
+
+EVAL_SEED_BASE = 1000
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str  # an algo of policies.train.registry (trained) or a policy name (heuristic)
+    label: str  # the name the paper uses
+    trained: bool
+    in_paper: bool = True  # False: a reference of ours (e.g. local, opt), not in the paper's figures
+    preset_overrides: Mapping[str, Any] = field(default_factory=dict)  # for evaluating (e.g. model_aware)
+    max_agents: int | None = None  # evaluated only where the point has at most this many agents (costly oracles)
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str  # run sub-directory, e.g. "L6_M10"
+    preset_overrides: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    key: str  # results.json key
+    title: str
+    figure: str  # the paper's figure / table reference
+    x_label: str
+    x_values: tuple  # one per point
+    points: tuple  # Point per x value
+
+
+@dataclass
+class Settings:
+    seeds: int = 3
+    episodes: int = 400  # training episodes per run
+    eval_episodes: int = 30  # evaluation episodes per seed and point
+    algo_overrides: dict = field(default_factory=dict)  # --set for every training run (algorithm config)
+    preset_overrides: dict = field(default_factory=dict)  # --set for every point (training and evaluation)
+    jobs: int = 1  # parallel training processes
+    smooth: int = 20  # convergence curve moving-average window, episodes
+    reduced: list = field(default_factory=list)  # sentences: what this run reduced from the full one
+    experiments: tuple | None = None  # restrict to these experiment keys (None: all)
+    x_subset: dict = field(default_factory=dict)  # experiment key -> x values kept
+
+
+@dataclass
+class PaperSpec:
+    name: str
+    title: str
+    source: str
+    scenario: str  # preset name
+    methods: tuple
+    experiments: tuple
+    full: Callable[[], Settings]
+    quick: Callable[[], Settings]
+    convergence_point: str  # the point whose training curves make the convergence figure
+    write_report: Callable[..., None]  # (results: dict, out: Path) -> None
+
+    def method(self, key: str) -> Method:
+        return next(m for m in self.methods if m.key == key)
+
+
+# -- training ---------------------------------------------------------------------------------------
+def _train_job(job: dict) -> dict:
+    """One training run (in a worker process). Returns the run summary."""
+    import torch
+
+    torch.set_num_threads(1)
+    from policies.train.registry import train
+
+    out = Path(job["out"])
+    t0 = time.perf_counter()
+    train(job["algo"], job["scenario"], job["seed"], out, job["overrides"], episodes=job["episodes"],
+          command=job["command"], progress=False)
+    return {"out": str(out), "session_s": time.perf_counter() - t0}
+
+
+def run_finished(out: Path, episodes: int) -> bool:
+    path = out / "metrics.csv"
+    if not (out / "checkpoint.pt").exists() or not path.exists():
+        return False
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return len(rows) >= episodes and int(rows[-1]["episode"]) + 1 >= episodes
+
+
+def read_metrics(out: Path) -> list[dict]:
+    with (out / "metrics.csv").open(newline="") as fh:
+        return [{k: float(v) if k != "episode" else int(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def run_summary(out: Path) -> dict:
+    rows = read_metrics(out)
+    ep_s = np.array([r["episode_s"] for r in rows])
+    learning = np.array([math.isfinite(r["critic_loss"]) for r in rows])
+    return {"episodes": len(rows), "train_wall_s": float(ep_s.sum()),
+            "episode_s_mean": float(ep_s[learning].mean()) if learning.any() else float(ep_s.mean()),
+            "config": json.loads((out / "config.json").read_text())}
+
+
+def _msg(text: str) -> None:
+    print(f"[reproduce] {text}", file=sys.stderr, flush=True)
+
+
+def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point], command: list[str]) -> dict:
+    jobs = []
+    for point in points:
+        for m in spec.methods:
+            if not m.trained:
+                continue
+            for seed in range(settings.seeds):
+                out = runs / point.name / f"{m.key}_s{seed}"
+                if run_finished(out, settings.episodes):
+                    continue
+                jobs.append({"algo": m.key, "scenario": spec.scenario, "seed": seed, "out": str(out),
+                             "episodes": settings.episodes, "command": command,
+                             "overrides": {**settings.preset_overrides, **point.preset_overrides,
+                                           **settings.algo_overrides}})
+    # the costliest first (critic cost grows ~ M^2): the shortest makespan with parallel jobs
+    # (the convergence point first: its curves show early whether training works)
+    jobs.sort(key=lambda j: (Path(j["out"]).parent.name != spec.convergence_point,
+                             -int(j["overrides"].get("num_devices", 10))))
+    total = sum(1 for p in points for m in spec.methods if m.trained for _ in range(settings.seeds))
+    _msg(f"{total} training runs, {total - len(jobs)} finished and reused, {len(jobs)} to train or resume "
+         f"({settings.jobs} in parallel)")
+    t0 = time.perf_counter()
+    sessions: dict[str, float] = {}
+    if settings.jobs <= 1:
+        for i, job in enumerate(jobs):
+            res = _train_job(job)
+            sessions[res["out"]] = res["session_s"]
+            _msg(f"trained {i + 1}/{len(jobs)} {job['out']} in {res['session_s']:.0f} s")
+    elif jobs:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=settings.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futs = {pool.submit(_train_job, j): j for j in jobs}
+            for i, fut in enumerate(as_completed(futs)):
+                res = fut.result()
+                sessions[res["out"]] = res["session_s"]
+                _msg(f"trained {i + 1}/{len(jobs)} {res['out']} in {res['session_s']:.0f} s")
+    return {"trained_now": len(jobs), "reused": total - len(jobs), "wall_s": time.perf_counter() - t0,
+            "sessions": sessions}
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+def _stats(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=0)), "n": int(v.size), "per_seed": [float(x) for x in v]}
+
+
+def evaluate_point(spec: PaperSpec, settings: Settings, runs: Path, point: Point) -> dict:
+    """method -> metric -> stats over seeds, plus the run directories that produced them."""
+    from policies.evaluate import evaluate
+    from policies.scenarios import make_simulator
+
+    base = {**settings.preset_overrides, **point.preset_overrides}
+    run_dirs: dict[str, list[str]] = {m.key: [] for m in spec.methods}
+    groups: dict[tuple, list[Method]] = {}
+    agents = int(base.get("num_devices", 0) or 0)
+    methods = [m for m in spec.methods if m.max_agents is None or not agents or agents <= m.max_agents]
+    per: dict[str, list[dict]] = {m.key: [] for m in methods}
+    for m in methods:  # methods that need the same preset share one evaluation
+        groups.setdefault(tuple(sorted(m.preset_overrides.items())), []).append(m)
+    for seed in range(settings.seeds):
+        for key, group in groups.items():
+            sim = make_simulator(spec.scenario, {**base, **dict(key)})
+            names = []
+            for m in group:
+                if m.trained:
+                    d = str(runs / point.name / f"{m.key}_s{seed}")
+                    run_dirs[m.key].append(d)
+                    names.append(d)
+                else:
+                    names.append(m.key)
+            res = evaluate(sim, names, settings.eval_episodes, EVAL_SEED_BASE + seed, progress=False)
+            for m, n in zip(group, names):
+                per[m.key].append(res.results[n])
+    out = {}
+    for m in methods:
+        keys = per[m.key][0].keys()
+        out[m.key] = {k: _stats([r[k] for r in per[m.key]]) for k in keys}
+    return {"methods": out, "runs": {k: v for k, v in run_dirs.items() if v}}
+
+
+def convergence(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
+    """Per trained method: the episode reward of the convergence point's runs, smoothed, mean and
+    std over seeds."""
+    res = {}
+    for m in spec.methods:
+        if not m.trained:
+            continue
+        curves = []
+        for seed in range(settings.seeds):
+            rows = read_metrics(runs / spec.convergence_point / f"{m.key}_s{seed}")
+            r = np.array([x["reward"] for x in rows])
+            w = max(1, min(settings.smooth, len(r)))
+            sm = np.convolve(r, np.ones(w) / w, mode="valid")
+            curves.append(sm)
+        n = min(len(c) for c in curves)
+        arr = np.stack([c[:n] for c in curves])
+        w = len(rows) - n + 1
+        tail = max(1, n // 10)
+        res[m.key] = {"episode": [int(i + w - 1) for i in range(n)], "reward_mean": arr.mean(0).tolist(),
+                      "reward_std": arr.std(0).tolist(), "window": int(w),
+                      "final_reward": _stats(arr[:, -tail:].mean(axis=1).tolist())}
+    return res
+
+
+# -- the command ------------------------------------------------------------------------------------
+def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, command: list[str],
+              mode: str = "full") -> dict:
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    exps = [e for e in spec.experiments if settings.experiments is None or e.key in settings.experiments]
+    plan = []  # (experiment, x, point)
+    for e in exps:
+        keep = settings.x_subset.get(e.key)
+        for x, p in zip(e.x_values, e.points):
+            if keep is None or x in keep:
+                plan.append((e, x, p))
+    points = list({p.name: p for _, _, p in plan}.values())
+    if not any(p.name == spec.convergence_point for p in points):
+        points.append(next(p for e in spec.experiments for p in e.points if p.name == spec.convergence_point))
+    training = train_all(spec, settings, runs, points, command)
+    _msg("evaluating")
+    t_eval = time.perf_counter()
+    evaluated = {p.name: evaluate_point(spec, settings, runs, p) for p in points}
+    eval_s = time.perf_counter() - t_eval
+    experiments = {}
+    for e in exps:
+        pts = {}
+        for x, p in [(x, p) for ee, x, p in plan if ee is e]:
+            pts[str(x)] = {"point": p.name, "preset_overrides": dict(p.preset_overrides), **evaluated[p.name]}
+        experiments[e.key] = {"title": e.title, "figure": e.figure, "x_label": e.x_label,
+                              "x_values": [str(x) for x, p in zip(e.x_values, e.points) if str(x) in pts],
+                              "points": pts}
+    runs_info = {}
+    for p in points:
+        for m in spec.methods:
+            if m.trained:
+                for seed in range(settings.seeds):
+                    d = runs / p.name / f"{m.key}_s{seed}"
+                    s = run_summary(d)
+                    runs_info[str(d)] = {"point": p.name, "algo": m.key, "seed": seed,
+                                         "episodes": s["episodes"], "train_wall_s": s["train_wall_s"],
+                                         "episode_s_mean": s["episode_s_mean"],
+                                         "preset_hash": s["config"]["preset_hash"],
+                                         "trained_this_invocation": str(d) in training["sessions"]}
+    results = {
+        "paper": spec.name, "title": spec.title, "source": spec.source, "mode": mode, "command": command,
+        "settings": {k: v for k, v in asdict(settings).items()},
+        "methods": {m.key: {"label": m.label, "trained": m.trained, "in_paper": m.in_paper} for m in spec.methods},
+        "experiments": experiments,
+        "convergence": {"point": spec.convergence_point, "methods": convergence(spec, settings, runs)},
+        "runs": runs_info,
+        "wall_s": {"total": time.perf_counter() - t0, "training": training["wall_s"], "evaluation": eval_s,
+                   "trained_now": training["trained_now"], "reused": training["reused"]},
+        "machine": {"cpus": os.cpu_count(), "torch_threads_per_run": 1, "jobs": settings.jobs},
+    }
+    # every invocation on this runs root, so a report re-made from reused runs still shows the run that trained them
+    log = runs / "invocations.jsonl"
+    entry = {"command": command, "mode": mode, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - (time.perf_counter() - t0))),
+             "wall_s": time.perf_counter() - t0, "trained_now": training["trained_now"], "training_s": training["wall_s"]}
+    with log.open("a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    results["invocations"] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    results["training_compute_s"] = float(sum(r["train_wall_s"] for r in runs_info.values()))
+    spec.write_report(results, out)  # adds "headline" and writes report.md and the figures
+    results["wall_s"]["total"] = time.perf_counter() - t0
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    return results
+
+
+def rewrite_report(spec: PaperSpec, out: Path, runs: Path) -> dict:
+    """Re-make report.md and the figures from ``out/results.json`` (no training, no evaluation), with the
+    invocations logged on the runs root."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise UserError(f"no {path} to re-make the report from; run the reproduction first")
+    results = json.loads(path.read_text())
+    log = runs / "invocations.jsonl"
+    if log.is_file():
+        results["invocations"] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    results["training_compute_s"] = float(sum(r["train_wall_s"] for r in results["runs"].values()))
+    spec.write_report(results, out)
+    path.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    return results
+

@@ -1,0 +1,141 @@
+"""`aigc-offload reproduce mato --quick` with tiny settings: the files, the results.json keys, and that
+the numbers come from the runs this invocation trained (re-evaluating a run gives its per-seed number)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+from policies.reproduce import get_paper, run  # noqa: E402
+from policies.reproduce.core import EVAL_SEED_BASE  # noqa: E402
+from policies.reproduce.png import Canvas, read_png_size, text_bitmap  # noqa: E402
+from policies.scenarios.base import METRIC_KEYS  # noqa: E402
+
+TINY = dict(episodes=3, eval_episodes=1, jobs=1, preset_overrides={"slots_per_episode": 4},
+            algo_overrides={"batch_size": 16, "learning_starts": 8, "hidden": 16, "checkpoint_every": 1})
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repro")
+    res = run("mato", quick=True, seeds=3, out=root / "report", runs=root / "runs", **TINY)
+    return root, res
+
+
+def test_quick_writes_report_results_and_figures(quick):
+    root, res = quick
+    rep = root / "report"
+    for name in ("report.md", "results.json", "fig2_convergence.png", "fig3_model_types.png", "fig4_devices.png"):
+        assert (rep / name).is_file(), name
+    for png in rep.glob("*.png"):
+        w, h = read_png_size(png)
+        assert w >= 400 and h >= 300
+    text = (rep / "report.md").read_text()
+    assert "6.98%" in text and "Fig. 3" in text and "Wall time" in text and "Reduced run" in text
+
+
+def test_results_json_has_every_method_metric_and_seed(quick):
+    root, _ = quick
+    data = json.loads((root / "report" / "results.json").read_text())
+    spec = get_paper("mato")
+    assert data["paper"] == "mato" and data["mode"] == "quick" and data["settings"]["seeds"] == 3
+    assert set(data["experiments"]) == {"model_types", "devices"}
+    assert data["experiments"]["model_types"]["x_values"] == ["3", "6"]
+    assert data["experiments"]["devices"]["x_values"] == ["5", "10"]
+    for exp in data["experiments"].values():
+        for pt in exp["points"].values():
+            assert set(pt["methods"]) == {m.key for m in spec.methods}
+            for metrics in pt["methods"].values():
+                for key in ("latency_s", "energy_j", "completion_rate", "reward"):
+                    assert key in METRIC_KEYS
+                    s = metrics[key]
+                    assert set(s) >= {"mean", "std", "per_seed"} and len(s["per_seed"]) == 3
+    conv = data["convergence"]["methods"]
+    assert set(conv) == {"maddpg", "maddpg_nomodel", "saddpg"}
+    keys = {r["key"] for r in data["headline"]}
+    assert {"latency_reduction", "energy_reduction", "completion_gain", "convergence_reward"} <= keys
+    assert len(data["runs"]) == 3 * 3 * 3  # 3 trained methods x 3 points x 3 seeds
+    assert all(r["trained_this_invocation"] and r["episodes"] == 3 for r in data["runs"].values())
+
+
+def test_numbers_come_from_the_runs_just_made(quick):
+    from policies.evaluate import evaluate
+    from policies.scenarios import make_simulator
+
+    root, res = quick
+    pt = res["experiments"]["model_types"]["points"]["6"]
+    run_dir = pt["runs"]["maddpg"][1]  # seed 1
+    assert run_dir.startswith(str(root / "runs"))
+    sim = make_simulator("mato", {"slots_per_episode": 4, "num_model_types": 6, "num_devices": 10})
+    again = evaluate(sim, [run_dir], 1, EVAL_SEED_BASE + 1, progress=False).results[run_dir]
+    assert again["latency_s"] == pytest.approx(pt["methods"]["maddpg"]["latency_s"]["per_seed"][1])
+    # a second invocation reuses the finished runs instead of training again
+    res2 = run("mato", quick=True, seeds=3, out=root / "report2", runs=root / "runs", **TINY)
+    assert res2["wall_s"]["trained_now"] == 0 and res2["wall_s"]["reused"] == 27
+    assert res2["experiments"]["model_types"]["points"]["6"]["methods"]["maddpg"]["latency_s"] == \
+        pt["methods"]["maddpg"]["latency_s"]
+
+
+def test_report_only_remakes_the_report_from_results_json(quick):
+    root, _ = quick
+    rep = root / "report"
+    (rep / "report.md").unlink()
+    res = run("mato", quick=True, out=rep, runs=root / "runs", report_only=True)
+    assert (rep / "report.md").is_file() and res["invocations"][0]["trained_now"] == 27
+    assert "Invocations on this runs directory" in (rep / "report.md").read_text()
+
+
+def test_png_helper_draws():
+    c = Canvas(40, 20)
+    c.line(0, 10, 39, 10, (255, 0, 0), 2)
+    c.text(2, 2, "A1%", scale=1)
+    assert (c.img[10, 5] == [255, 0, 0]).all()
+    assert text_bitmap("0", 1).shape == (7, 6) and text_bitmap("0", 1).any()
+
+
+def test_cli_reproduce_rejects_unknown_paper():
+    p = subprocess.run([sys.executable, "-m", "policies.cli", "reproduce", "nope"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "unknown paper 'nope'" in p.stderr and "Traceback" not in p.stderr
+
+
+# -- the MADDPG critic inputs the study settled on (policies/train/maddpg.py) ----------------------------
+def test_load_critic_input_is_own_obs_own_action_and_the_others_loads():
+    import torch
+
+    from policies.train.maddpg import critic_input
+
+    torch.manual_seed(0)
+    B, M, o, N = 2, 3, 4, 3
+    obs = torch.rand(B, M, o)
+    xi = torch.nn.functional.one_hot(torch.tensor([[0, 2, 2], [1, 1, 0]]), N).float()
+    eta = torch.tensor([[[0.5], [0.2], [0.4]], [[1.0], [0.0], [0.3]]])
+    act = torch.cat([xi, eta, torch.ones(B, M, 1)], -1)
+    x = critic_input(obs, act, True, own_obs=True, loads=True)  # (M, B, o + a + 2N)
+    assert x.shape == (M, B, o + N + 2 + 2 * N)
+    j, b = 1, 0  # ED 1 of sample 0 sends to ES 2; the others: ED 0 -> ES 0 (0.5), ED 2 -> ES 2 (0.4)
+    assert torch.equal(x[j, b, :o], obs[b, j])
+    assert torch.equal(x[j, b, o:o + N + 2], act[b, j])
+    assert x[j, b, o + N + 2:o + 2 * N + 2].tolist() == [1.0, 0.0, 1.0]  # others' count per ES
+    assert torch.allclose(x[j, b, o + 2 * N + 2:], torch.tensor([0.5, 0.0, 0.4]))  # others' eta per ES
+
+
+def test_decomposed_team_q_equals_swapping_each_agent():
+    import torch
+
+    from policies.train import common
+    from policies.train.maddpg import critic_input, decomposed_team_q
+
+    torch.manual_seed(0)
+    M, B, o, a = 4, 5, 7, 5
+    critic = common.AgentMLP(M, M * (o + a) + 3, 1, (8, 8))
+    obs, act, cur, st = torch.rand(B, M, o), torch.rand(B, M, a), torch.rand(M, B, a), torch.rand(B, 3)
+    q = decomposed_team_q(critic, critic_input(obs, act, True, st), cur, act)
+    for m in range(M):
+        joint = act.clone()
+        joint[:, m] = cur[m]
+        ref = critic(critic_input(obs, joint, True, st))[:, :, 0].sum(0)
+        assert torch.allclose(q[m], ref, atol=1e-5)
