@@ -199,7 +199,8 @@ def write_report(results: dict, out: Path) -> None:
              "computed by that command from the trained runs listed at the end; the paper's numbers are quoted "
              "from its text (it has figures only, no tables). Spec and deviations: `docs/papers/mato.md`.\n")
     if st["reduced"]:
-        L.append("**Reduced run.** " + " ".join(st["reduced"]) + "\n")
+        L.append("**Reduced run** (the full run is `aigc-offload reproduce mato`: 600 episodes, batch 1024, all 7 points, "
+                 "30 evaluation episodes): " + "; ".join(st["reduced"]) + ".\n")
     L.append(f"Settings: {st['seeds']} seeds per trained method and point, {st['episodes']} training episodes per "
              f"run (20 steps each), evaluation {st['eval_episodes']} episodes per seed on common workloads "
              f"(seed {1000}+k), algorithm overrides {st['algo_overrides'] or 'none'} over the paper's "
