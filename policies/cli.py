@@ -183,14 +183,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     return run_calibrate(args)
 
 
-def cmd_factory(args: argparse.Namespace) -> int:
-    """Start the factory node graph (the runner beside `ros2 launch aigc_offload factory.launch.py`)."""
+def _ros_package_error(exc: ImportError) -> UserError:
+    return UserError(f"the ROS 2 package aigc_offload is not installed in this environment ({exc}); "
+                     "run scripts/setup.sh")
+
+
+def _factory_deployment(args: argparse.Namespace):
+    """The deployment file of --config (default: the package's config/factory.yaml) with --set applied."""
     try:
         from aigc_offload.deployment import DeploymentError, load_deployment
-        from aigc_offload.runner import run
     except ImportError as exc:
-        raise UserError(f"the ROS 2 package aigc_offload is not installed in this environment ({exc}); "
-                        "run scripts/setup.sh") from None
+        raise _ros_package_error(exc) from None
     from pathlib import Path
 
     config = args.config
@@ -199,9 +202,18 @@ def cmd_factory(args: argparse.Namespace) -> int:
 
         config = str(Path(aigc_offload.__file__).resolve().parent.parent / "config" / "factory.yaml")
     try:
-        dep = load_deployment(config, _parse_overrides(args.set))
+        return load_deployment(config, _parse_overrides(args.set))
     except DeploymentError as exc:
         raise UserError(str(exc)) from None
+
+
+def cmd_factory(args: argparse.Namespace) -> int:
+    """Start the factory node graph (the runner beside `ros2 launch aigc_offload factory.launch.py`)."""
+    dep = _factory_deployment(args)
+    from pathlib import Path
+
+    from aigc_offload.runner import run
+
     if args.probe or args.graph_only:
         return run(dep, duration_s=args.duration, probe_count=args.probe, workdir=args.logs, stream_logs=args.verbose)
     import tempfile
@@ -218,24 +230,12 @@ def cmd_factory(args: argparse.Namespace) -> int:
 
 def cmd_hil(args: argparse.Namespace) -> int:
     """Replay a trace through the running stack and compare with the simulator, task by task."""
-    try:
-        from aigc_offload.deployment import DeploymentError, load_deployment
-        from aigc_offload.hil import run_hil, run_hil_devices
-    except ImportError as exc:
-        raise UserError(f"the ROS 2 package aigc_offload is not installed in this environment ({exc}); "
-                        "run scripts/setup.sh") from None
+    dep = _factory_deployment(args)
     import tempfile
     from pathlib import Path
 
-    config = args.config
-    if config is None:
-        import aigc_offload
+    from aigc_offload.hil import run_hil, run_hil_devices
 
-        config = str(Path(aigc_offload.__file__).resolve().parent.parent / "config" / "factory.yaml")
-    try:
-        dep = load_deployment(config, _parse_overrides(args.set))
-    except DeploymentError as exc:
-        raise UserError(str(exc)) from None
     workdir = args.logs or tempfile.mkdtemp(prefix="aigc_hil_")
     if args.via == "devices":
         res = run_hil_devices(dep, slots=args.slots, seed=args.seed, controllers=args.controllers,
