@@ -18,10 +18,14 @@ request is answered at once with a REJECTED result whose reason says why.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -85,6 +89,112 @@ def load_gateway_policy(spec: str, sim):
     return policy
 
 
+@dataclass(order=True)
+class _HandOff:
+    due_s: float  # wall-clock time the upload of the offloaded share ends (heap key)
+    seq: int
+    first_due_s: float = field(compare=False)
+    request: Any = field(compare=False)  # SubmitTask.Request
+    target_id: str = field(compare=False)
+    future: Any = field(compare=False, default=None)
+    timeout_at_s: float = field(compare=False, default=0.0)
+
+
+class HandOffScheduler:
+    """Sends each offloaded share (``SubmitTask``) when its modeled upload ends, from one thread.
+
+    One thread for every hand-off instead of a ``threading.Timer`` per task, which cost a thread
+    start and a blocked thread per request at hundreds of requests per second. A hand-off whose
+    target has no service yet is retried every 50 ms until ``timeout_s`` after it was due; a sent
+    one that is not acknowledged within ``timeout_s`` is cancelled. ``fail(task_id, reason)`` is
+    called once for every hand-off that did not land (refused, unreachable, unknown, silent);
+    the acknowledgements arrive on the executor's thread (future callbacks).
+    """
+
+    RETRY_S = 0.05
+
+    def __init__(self, client_for: Callable[[str], Any], fail: Callable[[str, str], None], timeout_s: float):
+        self._client_for, self._fail, self.timeout_s = client_for, fail, timeout_s
+        self._due: list[_HandOff] = []
+        self._sent: dict[int, _HandOff] = {}  # seq -> hand-off awaiting its acknowledgement
+        self._seq = itertools.count()
+        self._cv = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="hand-offs", daemon=True)
+        self._thread.start()
+
+    def schedule(self, delay_s: float, request: Any, target_id: str) -> None:
+        due = time.time() + max(delay_s, 0.0)
+        with self._cv:
+            heapq.heappush(self._due, _HandOff(due, next(self._seq), due, request, target_id))
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        self._thread.join(timeout=2.0)
+
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._due) + len(self._sent)
+
+    def _run(self) -> None:
+        while True:
+            failed: list[tuple[_HandOff, str]] = []
+            ready: list[_HandOff] = []
+            with self._cv:
+                if self._stopped:
+                    return
+                now = time.time()
+                while self._due and self._due[0].due_s <= now:
+                    ready.append(heapq.heappop(self._due))
+                for seq, h in list(self._sent.items()):
+                    if h.timeout_at_s <= now:
+                        del self._sent[seq]
+                        h.future.cancel()
+                        failed.append((h, f"{h.target_id} did not acknowledge the task within {self.timeout_s:g} s"))
+                if not ready and not failed:
+                    wake = min(([self._due[0].due_s] if self._due else []) +
+                               [h.timeout_at_s for h in self._sent.values()], default=now + 1.0)
+                    self._cv.wait(max(wake - now, 0.0))
+                    continue
+            for h in ready:
+                why = self._send(h, now)
+                if why:
+                    failed.append((h, why))
+            for h, why in failed:
+                self._fail(h.request.task.task_id, why)
+
+    def _send(self, h: _HandOff, now: float) -> str:
+        client = self._client_for(h.target_id)
+        if client is None:
+            return f"{h.target_id} is not a target of this gateway (no SubmitTask client)"
+        if not client.service_is_ready():
+            if now - h.first_due_s >= self.timeout_s:
+                return f"{h.target_id} is not reachable ({client.srv_name} has no server)"
+            with self._cv:
+                h.due_s = now + self.RETRY_S
+                heapq.heappush(self._due, h)
+            return ""
+        with self._cv:
+            h.timeout_at_s = now + self.timeout_s
+            h.future = client.call_async(h.request)
+            self._sent[h.seq] = h
+        h.future.add_done_callback(lambda fut, h=h: self._acknowledged(h, fut))
+        return ""
+
+    def _acknowledged(self, h: _HandOff, fut) -> None:
+        with self._cv:
+            if self._sent.pop(h.seq, None) is None:  # timed out (and failed) already
+                return
+        if fut.cancelled():
+            return
+        resp = fut.result()
+        if resp is not None and not resp.accepted:
+            self._fail(h.request.task.task_id, f"{h.target_id} refused the task: {resp.reason}")
+
+
 class EdgeGateway(Autostart, LifecycleNode):
     def __init__(self, node_name: str = "edge_gateway", **kwargs):
         super().__init__(node_name, **kwargs)
@@ -98,6 +208,7 @@ class EdgeGateway(Autostart, LifecycleNode):
         self._handles: list = []
         self._active_timers: list = []
         self._submit_clients: dict[str, object] = {}
+        self._hand_offs: HandOffScheduler | None = None
         self.setup_autostart()
 
 
@@ -152,13 +263,15 @@ class EdgeGateway(Autostart, LifecycleNode):
             self.create_subscription(EdgeServerStatus, STATUS_TOPIC, self._on_status, 50, callback_group=self._io),
         ]
         # Every SubmitTask client is created here, on the executor's thread: the events executor
-        # deadlocks when an entity is created from another thread while it spins (the hand-offs
-        # run in timer threads and only look the clients up).
+        # deadlocks when an entity is created from another thread while it spins (the hand-off
+        # thread only looks the clients up).
         for target in [e.server_id for e in self.core.plant.edges] + ["cloud"]:
             node = self._submit_node(target)
             if node not in self._submit_clients:
                 self._submit_clients[node] = self.create_client(SubmitTask, f"/{node}/submit_task",
                                                                 callback_group=self._io)
+        self._hand_offs = HandOffScheduler(self._client, self._hand_off_failed,
+                                           float(self.get_parameter("submit_timeout_s").value))
         self._active_timers = [
             self.create_timer(0.05, self._sweep, callback_group=self._io),
             self.create_timer(float(self.get_parameter("diagnostics_period_s").value), self._diagnostics,
@@ -173,6 +286,9 @@ class EdgeGateway(Autostart, LifecycleNode):
         for t in self._active_timers:
             self.destroy_timer(t)
         self._handles, self._active_timers = [], []
+        if self._hand_offs is not None:
+            self._hand_offs.stop()
+            self._hand_offs = None
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
@@ -226,42 +342,23 @@ class EdgeGateway(Autostart, LifecycleNode):
             dec = Decision(task_id=msg.task_id, target_kind=gd.target_kind, target_index=gd.target_index,
                            target_id=gd.target_id, offload_share=gd.share, download_model=gd.download,
                            model_name=msg.model_name, policy_name=core.policy_name)
-            t = threading.Timer(delay, self._hand_off, args=(msg, dec, gd.target_id))
-            t.daemon = True
-            t.start()
+            self._hand_offs.schedule(delay, SubmitTask.Request(task=msg, decision=dec, hops=0), gd.target_id)
 
     def _submit_node(self, target_id: str) -> str:
         return str(self.get_parameter("cloud_node").value) if target_id == "cloud" else target_id
 
     def _client(self, target_id: str):
         """The SubmitTask client of a target (created in on_activate; None for an unknown target).
-        Never creates one: this runs in the hand-off timer threads."""
+        Never creates one: this runs in the hand-off thread."""
         return self._submit_clients.get(self._submit_node(target_id))
 
-    def _hand_off(self, msg: TaskRequest, dec: Decision, target_id: str) -> None:
+    def _hand_off_failed(self, task_id: str, reason: str) -> None:
         core = self.core
         if core is None:
             return
-        timeout = float(self.get_parameter("submit_timeout_s").value)
-        client = self._client(target_id)
-        reason = ""
-        if client is None:
-            reason = f"{target_id} is not a target of this gateway (no SubmitTask client)"
-        elif not client.service_is_ready() and not client.wait_for_service(timeout_sec=timeout):
-            reason = f"{target_id} is not reachable ({client.srv_name} has no server)"
-        else:
-            fut = client.call_async(SubmitTask.Request(task=msg, decision=dec, hops=0))
-            done = threading.Event()
-            fut.add_done_callback(lambda _f: done.set())
-            if not done.wait(timeout):
-                fut.cancel()
-                reason = f"{target_id} did not acknowledge the task within {timeout:g} s"
-            elif not fut.result().accepted:
-                reason = f"{target_id} refused the task: {fut.result().reason}"
-        if reason:
-            term = core.fail(msg.task_id, TaskResult.FAILED, reason)
-            if term is not None:
-                self._publish_terminal(term)
+        term = core.fail(task_id, TaskResult.FAILED, reason)
+        if term is not None:
+            self._publish_terminal(term)
 
     def _on_result(self, msg: TaskResult) -> None:
         core = self.core
@@ -319,7 +416,8 @@ def make_executor(kind: str):
     single: rclpy's SingleThreadedExecutor. Measured with ``aigc-offload bench e2e``: the
     MultiThreadedExecutor(4) it replaced added latency per callback (its thread hand-off) and
     lost requests at 500/s. The gateway needs no parallel callbacks: a decision is one short
-    callback, and the hand-offs wait for their SubmitTask replies in their own timer threads.
+    callback, and the hand-offs are sent by one thread (``HandOffScheduler``) whose replies
+    arrive as future callbacks.
     events: rclpy.experimental.EventsExecutor. Every entity of the gateway is created on the
     executor's thread (``__init__`` and lifecycle callbacks) as it requires, but on the Kilted
     PyPI wheels (rclpy 9.1.2) a service of a node spun by it never answers (lifecycle

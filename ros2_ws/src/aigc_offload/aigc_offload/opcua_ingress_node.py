@@ -60,7 +60,7 @@ from pathlib import Path
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from aigc_offload_interfaces.msg import Decision as DecisionMsg
@@ -446,7 +446,7 @@ def main(args: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # asyncua logs every connection loss as an ERROR with a traceback; the ingress logs it in one line.
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)
-    return run_node(OpcuaIngressNode, lambda: MultiThreadedExecutor(num_threads=2), args)
+    return run_node(OpcuaIngressNode, SingleThreadedExecutor, args)
 
 
 if __name__ == "__main__":

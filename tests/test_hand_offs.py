@@ -1,0 +1,148 @@
+"""The gateway's HandOffScheduler (one thread sends every offloaded share when its upload ends) with
+fake SubmitTask clients: order by due time, retries while a service is not up, the four ways a
+hand-off fails (unknown target, unreachable, refused, silent), and that an acknowledged one is quiet.
+
+No ROS graph: the futures are rclpy's own ``Future`` objects completed by the test.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("aigc_offload.edge_gateway", reason="pip install -e ros2_ws/src/aigc_offload into the venv")
+
+from rclpy.task import Future  # noqa: E402
+
+from aigc_offload.edge_gateway import HandOffScheduler  # noqa: E402
+
+
+class FakeClient:
+    def __init__(self, name: str, ready: bool = True, answer: str | None = "accept"):
+        self.srv_name = f"/{name}/submit_task"
+        self.ready = ready
+        self.answer = answer  # "accept", "refuse" or None (never answers)
+        self.sent: list[str] = []
+        self.futures: list[Future] = []
+        self.lock = threading.Lock()
+
+    def service_is_ready(self) -> bool:
+        return self.ready
+
+    def call_async(self, request) -> Future:
+        fut = Future()
+        with self.lock:
+            self.sent.append(request.task.task_id)
+            self.futures.append(fut)
+        if self.answer == "accept":
+            fut.set_result(SimpleNamespace(accepted=True, reason=""))
+        elif self.answer == "refuse":
+            fut.set_result(SimpleNamespace(accepted=False, reason="queue full"))
+        return fut
+
+
+def req(task_id: str):
+    return SimpleNamespace(task=SimpleNamespace(task_id=task_id))
+
+
+def wait_until(cond, timeout_s: float = 10.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+@pytest.fixture
+def harness():
+    clients = {"edge0": FakeClient("edge0"), "edge1": FakeClient("edge1")}
+    failures: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def fail(task_id: str, reason: str) -> None:
+        with lock:
+            failures.append((task_id, reason))
+
+    sched = HandOffScheduler(clients.get, fail, timeout_s=0.5)
+    yield sched, clients, failures
+    sched.stop()
+
+
+def test_sent_in_order_of_their_upload_end(harness):
+    sched, clients, failures = harness
+    sched.schedule(0.30, req("late"), "edge0")
+    sched.schedule(0.0, req("now"), "edge0")
+    sched.schedule(0.15, req("middle"), "edge0")
+    assert wait_until(lambda: len(clients["edge0"].sent) == 3)
+    assert clients["edge0"].sent == ["now", "middle", "late"]
+    assert wait_until(lambda: sched.pending() == 0)
+    assert failures == []
+
+
+def test_unknown_target_fails_with_its_name(harness):
+    sched, _, failures = harness
+    sched.schedule(0.0, req("t1"), "edge9")
+    assert wait_until(lambda: len(failures) == 1)
+    assert failures[0][0] == "t1" and "edge9 is not a target of this gateway" in failures[0][1]
+
+
+def test_service_down_then_up_is_retried_and_sent(harness):
+    sched, clients, failures = harness
+    clients["edge1"].ready = False
+    sched.schedule(0.0, req("t2"), "edge1")
+    time.sleep(0.12)  # a few 50 ms retries pass with the service down
+    assert clients["edge1"].sent == []
+    clients["edge1"].ready = True
+    assert wait_until(lambda: clients["edge1"].sent == ["t2"])
+    assert wait_until(lambda: sched.pending() == 0)
+    assert failures == []
+
+
+def test_service_never_up_fails_as_unreachable(harness):
+    sched, clients, failures = harness
+    clients["edge1"].ready = False
+    sched.schedule(0.0, req("t3"), "edge1")
+    assert wait_until(lambda: len(failures) == 1)
+    assert failures[0] == ("t3", "edge1 is not reachable (/edge1/submit_task has no server)")
+    assert clients["edge1"].sent == [] and sched.pending() == 0
+
+
+def test_refusal_is_reported_with_the_servers_reason(harness):
+    sched, clients, failures = harness
+    clients["edge0"].answer = "refuse"
+    sched.schedule(0.0, req("t4"), "edge0")
+    assert wait_until(lambda: len(failures) == 1)
+    assert failures[0] == ("t4", "edge0 refused the task: queue full")
+
+
+def test_silent_server_times_out_and_its_call_is_cancelled(harness):
+    sched, clients, failures = harness
+    clients["edge0"].answer = None
+    sched.schedule(0.0, req("t5"), "edge0")
+    assert wait_until(lambda: len(failures) == 1)
+    assert failures[0] == ("t5", "edge0 did not acknowledge the task within 0.5 s")
+    assert clients["edge0"].futures[0].cancelled()
+    # a reply after the timeout is ignored: no second failure
+    assert sched.pending() == 0 and len(failures) == 1
+
+
+def test_many_hand_offs_each_end_exactly_once(harness):
+    sched, clients, failures = harness
+    clients["edge1"].answer = "refuse"
+    for i in range(200):
+        sched.schedule((i % 7) * 0.01, req(f"a{i}"), "edge0" if i % 2 == 0 else "edge1")
+    assert wait_until(lambda: len(clients["edge0"].sent) + len(clients["edge1"].sent) == 200)
+    assert wait_until(lambda: len(failures) == 100)
+    assert sorted(t for t, _ in failures) == sorted(f"a{i}" for i in range(1, 200, 2))
+    assert sorted(clients["edge0"].sent) == sorted(f"a{i}" for i in range(0, 200, 2))
+
+
+def test_stop_ends_the_thread():
+    sched = HandOffScheduler(lambda _t: None, lambda *_a: None, timeout_s=1.0)
+    sched.schedule(10.0, req("never"), "edge0")
+    sched.stop()
+    assert not sched._thread.is_alive()
