@@ -105,8 +105,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     res = run(args.paper, quick=args.quick, seeds=args.seeds, out=args.out, runs=args.runs, jobs=args.jobs,
               command=["aigc-offload", *sys.argv[1:]], algo_set=_parse_overrides(args.set), **extra)
     for row in res.get("headline", []):
-        pct = row["key"] != "convergence_reward"
-        fmt = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.2f}")
+        pct = row.get("pct", row["key"] != "convergence_reward")  # rows may say whether they are fractions
+        unit = f" {row['unit']}" if row.get("unit") and not pct else ""
+        fmt = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.4g}{unit}")
         print(f"{row['what']}: ours {fmt(row['ours'])}, paper {fmt(row['paper'])} ({row['reference']})")
     if args.report_only:
         print(f"re-made {res['report_dir']}/report.md and the figures from its results.json")

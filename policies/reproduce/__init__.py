@@ -14,7 +14,8 @@ from typing import Any
 
 from policies.errors import UnknownNameError
 
-PAPERS = {"mato": "policies.reproduce.mato"}
+PAPERS = {"mato": "policies.reproduce.mato", "aiecof": "policies.reproduce.aiecof", "gmel": "policies.reproduce.gmel",
+          "ladts": "policies.reproduce.ladts"}
 
 
 def get_paper(name: str):

@@ -46,6 +46,14 @@ class Method:
 class Point:
     name: str  # run sub-directory, e.g. "L6_M10"
     preset_overrides: Mapping[str, Any]
+    methods: tuple | None = None  # method keys trained and evaluated at this point (None: all of the paper's)
+    algo_overrides: Mapping[str, Any] = field(default_factory=dict)  # algorithm config of the runs at this point
+    # (e.g. a sweep of an algorithm parameter); not a preset field, so evaluation ignores it
+
+
+def point_methods(spec: "PaperSpec", point: Point) -> list:
+    """The methods of ``spec`` at ``point`` (all, or the point's own subset)."""
+    return [m for m in spec.methods if point.methods is None or m.key in point.methods]
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,9 @@ class PaperSpec:
     quick: Callable[[], Settings]
     convergence_point: str  # the point whose training curves make the convergence figure
     write_report: Callable[..., None]  # (results: dict, out: Path) -> None
+    # optional studies beyond method x point evaluations (e.g. hyperparameter curves, per-type metrics):
+    # (spec, settings, runs, command) -> dict stored as results["extra"] before the report is written
+    extra: Callable[..., dict] | None = None
 
     def method(self, key: str) -> Method:
         return next(m for m in self.methods if m.key == key)
@@ -134,7 +145,7 @@ def _msg(text: str) -> None:
 def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point], command: list[str]) -> dict:
     jobs = []
     for point in points:
-        for m in spec.methods:
+        for m in point_methods(spec, point):
             if not m.trained:
                 continue
             for seed in range(settings.seeds):
@@ -144,12 +155,12 @@ def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Poin
                 jobs.append({"algo": m.key, "scenario": spec.scenario, "seed": seed, "out": str(out),
                              "episodes": settings.episodes, "command": command,
                              "overrides": {**settings.preset_overrides, **point.preset_overrides,
-                                           **settings.algo_overrides}})
+                                           **settings.algo_overrides, **point.algo_overrides}})
     # the costliest first (critic cost grows ~ M^2): the shortest makespan with parallel jobs
     # (the convergence point first: its curves show early whether training works)
     jobs.sort(key=lambda j: (Path(j["out"]).parent.name != spec.convergence_point,
                              -int(j["overrides"].get("num_devices", 10))))
-    total = sum(1 for p in points for m in spec.methods if m.trained for _ in range(settings.seeds))
+    total = sum(1 for p in points for m in point_methods(spec, p) if m.trained for _ in range(settings.seeds))
     _msg(f"{total} training runs, {total - len(jobs)} finished and reused, {len(jobs)} to train or resume "
          f"({settings.jobs} in parallel)")
     t0 = time.perf_counter()
@@ -187,7 +198,7 @@ def evaluate_point(spec: PaperSpec, settings: Settings, runs: Path, point: Point
     run_dirs: dict[str, list[str]] = {m.key: [] for m in spec.methods}
     groups: dict[tuple, list[Method]] = {}
     agents = int(base.get("num_devices", 0) or 0)
-    methods = [m for m in spec.methods if m.max_agents is None or not agents or agents <= m.max_agents]
+    methods = [m for m in point_methods(spec, point) if m.max_agents is None or not agents or agents <= m.max_agents]
     per: dict[str, list[dict]] = {m.key: [] for m in methods}
     for m in methods:  # methods that need the same preset share one evaluation
         groups.setdefault(tuple(sorted(m.preset_overrides.items())), []).append(m)
@@ -246,7 +257,7 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
     for e in exps:
         keep = settings.x_subset.get(e.key)
         for x, p in zip(e.x_values, e.points):
-            if keep is None or x in keep:
+            if keep is None or x in keep or str(x) in {str(k) for k in keep}:  # --points gives 0.05 as text
                 plan.append((e, x, p))
     points = list({p.name: p for _, _, p in plan}.values())
     if not any(p.name == spec.convergence_point for p in points):
@@ -261,12 +272,14 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
         pts = {}
         for x, p in [(x, p) for ee, x, p in plan if ee is e]:
             pts[str(x)] = {"point": p.name, "preset_overrides": dict(p.preset_overrides), **evaluated[p.name]}
+            if p.algo_overrides:
+                pts[str(x)]["algo_overrides"] = dict(p.algo_overrides)
         experiments[e.key] = {"title": e.title, "figure": e.figure, "x_label": e.x_label,
                               "x_values": [str(x) for x, p in zip(e.x_values, e.points) if str(x) in pts],
                               "points": pts}
     runs_info = {}
     for p in points:
-        for m in spec.methods:
+        for m in point_methods(spec, p):
             if m.trained:
                 for seed in range(settings.seeds):
                     d = runs / p.name / f"{m.key}_s{seed}"
@@ -295,6 +308,10 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
         fh.write(json.dumps(entry) + "\n")
     results["invocations"] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
     results["training_compute_s"] = float(sum(r["train_wall_s"] for r in runs_info.values()))
+    if spec.extra is not None:
+        t_extra = time.perf_counter()
+        results["extra"] = spec.extra(spec, settings, runs, command)
+        results["wall_s"]["extra"] = time.perf_counter() - t_extra
     spec.write_report(results, out)  # adds "headline" and writes report.md and the figures
     results["wall_s"]["total"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")

@@ -1,0 +1,366 @@
+"""GMEL (paper 001): methods, experiments, the paper's stated numbers, and the report.
+
+Paper figures (no tables): Fig. 3 convergence (cumulative episode reward vs episode; AMARL, MADDPG,
+Actor-Critic, DQN), Fig. 4 task completion rate vs the task generation probability p, Fig. 5 completion
+rate vs the maximum latency before the deadline d, Fig. 6 (a) average latency and (b) completion rate vs
+the number of IEDs. Spec: docs/papers/gmel.md section 6 (sweep values ours: p = 0.1..1.0, every task's
+d fixed to 0.5..2.5 s, I = 20..80; default scene I = 50, p = 0.5, d ~ U[0.5, 2.5] s).
+
+Every trained method is trained at every experiment point (the scene changes the best policy); the
+points p = 0.5 of Fig. 4 and I = 50 of Fig. 6 are the default scene, shared (one set of runs), and
+Fig. 3's curves are the training curves of that point.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from policies.reproduce.core import Experiment, Method, PaperSpec, Point, Settings
+from policies.reproduce.png import Panel, Series, figure
+
+OURS = "amarl"
+METHODS = (
+    Method("amarl", "AMARL", trained=True),
+    Method("gmel_maddpg", "MADDPG", trained=True),
+    Method("gmel_ac", "Actor-Critic", trained=True),
+    Method("gmel_dqn", "DQN", trained=True),
+    Method("greedy", "Greedy (ours)", trained=False, in_paper=False),  # the paper leaves greedy out as "not solid"
+    Method("local", "All-Local (ours)", trained=False, in_paper=False),
+    Method("random", "Random (ours)", trained=False, in_paper=False),
+    Method("opt", "Opt (ours, oracle)", trained=False, in_paper=False, max_agents=20),  # ~2-7 s per episode at I = 20
+)
+BASELINES = ("gmel_maddpg", "gmel_ac", "gmel_dqn")  # the paper's comparison set (Figs. 3-6)
+DEFAULT = {"p": 0.5, "d": None, "I": 50}
+# x values as the CLI's ``--points task_probability=0.5,0.7`` spells them (strings for the decimals)
+P_VALUES = ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0")
+D_VALUES = ("0.5", "1.0", "1.5", "2.0", "2.5")
+I_VALUES = (20, 30, 40, 50, 60, 70, 80)
+
+
+def point(p: float = 0.5, d: float | None = None, I: int = 50) -> Point:
+    """The scene (p, d, I); ``num_devices`` is always explicit (opt is evaluated only at small I)."""
+    over: dict = {"task_probability": p, "num_devices": I}
+    if d is not None:
+        over["deadline_fixed_s"] = d
+    return Point(f"p{p:g}_d{'U' if d is None else f'{d:g}'}_I{I}", over)
+
+
+DEFAULT_POINT = point()
+EXPERIMENTS = (
+    Experiment("task_probability", "Completion rate vs the task generation probability (I = 50, d ~ U[0.5, 2.5] s)",
+               "Fig. 4", "task probability p", P_VALUES, tuple(point(p=float(p)) for p in P_VALUES)),
+    Experiment("deadline", "Completion rate vs the maximum latency before the deadline (every task's d; I = 50, p = 0.5)",
+               "Fig. 5", "deadline d (s)", D_VALUES, tuple(point(d=float(d)) for d in D_VALUES)),
+    Experiment("devices", "Average latency and completion rate vs the number of IEDs (p = 0.5, d ~ U[0.5, 2.5] s)",
+               "Fig. 6", "IEDs I", I_VALUES, tuple(point(I=i) for i in I_VALUES)),
+)
+FIGURE_FILES = {"task_probability": "fig4_task_probability.png", "deadline": "fig5_deadline.png",
+                "devices": "fig6_devices.png"}
+
+# the training settings of a full reproduction (the paper's hyperparameters are the algorithm defaults)
+FULL_EPISODES = 1500
+FULL_ALGO: dict = {}
+
+
+def full() -> Settings:
+    return Settings(seeds=3, episodes=FULL_EPISODES, eval_episodes=10, algo_overrides=dict(FULL_ALGO), jobs=2,
+                    smooth=50)
+
+
+def quick() -> Settings:
+    """A few minutes on 2 cores: the default scene and one point per figure, 2 seeds, 20 short episodes."""
+    return Settings(seeds=2, episodes=20, eval_episodes=2, jobs=2, smooth=5,
+                    algo_overrides={"warmup_episodes": 3, "update_every": 10, "checkpoint_every": 10},
+                    x_subset={"task_probability": ("0.5", "0.7"), "deadline": ("1.0",), "devices": (20, 50)},
+                    reduced=["--quick: 20 training episodes per run (3 warm-up, updates every 10 slots) instead of "
+                             f"{FULL_EPISODES}, 2 seeds, 2 evaluation episodes per seed, 4 of the 21 scenes; a smoke "
+                             "run, not a result"])
+
+
+PAPER = {
+    "completion_gain_p07_vs_maddpg": 0.0693,  # Sec. V-B, Fig. 4: "6.93% higher task completion rate compared to MADDPG"
+    "completion_gain_d1_vs_all": 0.0464,  # Sec. V-B, Fig. 5: "increased by at least 4.64%" at d = 1.0 s
+    "episodes": 5000,  # Sec. V-B: 5000 episodes of 100 slots
+}
+
+
+def _m(res: dict, method: str, metric: str) -> float:
+    return res["methods"][method][metric]["mean"]
+
+
+def _gap(ours: float, base: float) -> dict:
+    """The gap of a completion rate in percentage points and relative to the baseline."""
+    return {"pp": ours - base, "rel": (ours - base) / base if base > 0 else math.inf}
+
+
+def converged_episode(curve: dict, frac: float = 0.9) -> int | None:
+    """First episode at which the smoothed mean reward curve has covered ``frac`` of its rise from the first
+    smoothed value to its final level (the mean of the last 10%); None if it never rises."""
+    r = np.asarray(curve["reward_mean"], dtype=float)
+    if len(r) < 2:
+        return None
+    final = float(r[-max(1, len(r) // 10):].mean())
+    start = float(r[0])
+    if final <= start:
+        return None
+    hit = np.flatnonzero(r >= start + frac * (final - start))
+    return int(curve["episode"][int(hit[0])]) if len(hit) else None
+
+
+def headline(results: dict) -> list[dict]:
+    """Rows (what, ours, paper, reference): the paper's stated numbers next to ours. ``ours`` is the gap in
+    percentage points (as a fraction, like ``paper``), ``ours_rel`` the relative gap."""
+    rows = []
+    exps = results["experiments"]
+    tp = exps.get("task_probability", {}).get("points", {})
+    if "0.7" in tp:
+        r = tp["0.7"]
+        ours = r["methods"][OURS]["completion_rate"]
+        g = _gap(ours["mean"], _m(r, "gmel_maddpg", "completion_rate"))
+        rows.append({"key": "completion_gain_p07_vs_maddpg", "what": "AMARL completion rate above MADDPG at p = 0.7",
+                     "ours": g["pp"], "ours_rel": g["rel"], "paper": PAPER["completion_gain_p07_vs_maddpg"],
+                     "reference": "Sec. V-B, Fig. 4", "amarl": ours["mean"], "amarl_std": ours["std"],
+                     "vs_each": {b: _gap(ours["mean"], _m(r, b, "completion_rate")) for b in BASELINES}})
+    dl = exps.get("deadline", {}).get("points", {})
+    if "1.0" in dl:
+        r = dl["1.0"]
+        ours = r["methods"][OURS]["completion_rate"]
+        each = {b: _gap(ours["mean"], _m(r, b, "completion_rate")) for b in BASELINES}
+        worst = min(each, key=lambda b: each[b]["pp"])
+        rows.append({"key": "completion_gain_d1_vs_all", "what": "AMARL completion rate above the best baseline "
+                     "(the smallest gap over MADDPG, AC, DQN) at d = 1.0 s", "ours": each[worst]["pp"],
+                     "ours_rel": each[worst]["rel"], "paper": PAPER["completion_gain_d1_vs_all"],
+                     "reference": "Sec. V-B, Fig. 5", "amarl": ours["mean"], "amarl_std": ours["std"],
+                     "closest": worst, "vs_each": each})
+    return rows
+
+
+def convergence_summary(results: dict) -> dict | None:
+    """Fig. 3 (no number in the paper: "AMARL converges fastest and to the highest reward"): every trained
+    method's converged training reward and the episode its smoothed curve covers 90% of its rise."""
+    conv = results["convergence"]["methods"]
+    if OURS not in conv:
+        return None
+    final = {k: c["final_reward"]["mean"] for k, c in conv.items()}
+    others = [k for k in final if k != OURS]
+    best_other = max(others, key=final.get) if others else None
+    return {"final_reward": {k: c["final_reward"] for k, c in conv.items()}, "best_other": best_other,
+            "amarl_highest": all(final[OURS] >= final[k] for k in others),
+            "converged_episode": {k: converged_episode(c) for k, c in conv.items()}}
+
+
+def orderings(results: dict) -> list[str]:
+    """Sentences: the points where AMARL is not the best of the paper's four methods."""
+    out = []
+    metrics = {"task_probability": (("completion_rate", True),), "deadline": (("completion_rate", True),),
+               "devices": (("completion_rate", True), ("latency_s", False))}
+    for ek, e in results["experiments"].items():
+        for x in e["x_values"]:
+            r = e["points"][x]
+            for metric, higher in metrics[ek]:
+                vals = {m: _m(r, m, metric) for m in r["methods"] if results["methods"][m]["in_paper"]}
+                best = max(vals, key=vals.get) if higher else min(vals, key=vals.get)
+                if best != OURS and vals[best] != vals[OURS]:
+                    out.append(f"{e['figure']} {e['x_label']} = {x}, {metric}: best is "
+                               f"{results['methods'][best]['label']} ({vals[best]:.4g}), AMARL {vals[OURS]:.4g}")
+    conv = results["convergence"]["methods"]
+    if OURS in conv:
+        final = {k: c["final_reward"]["mean"] for k, c in conv.items()}
+        best = max(final, key=final.get)
+        if best != OURS:
+            out.append(f"Fig. 3 converged reward: best is {results['methods'][best]['label']} ({final[best]:.4g}), "
+                       f"AMARL {final[OURS]:.4g}")
+    return out
+
+
+def trends(results: dict) -> list[str]:
+    """The paper's trends: completion falls with p and with I, rises with d; latency rises with I."""
+    out = []
+    checks = (("task_probability", "completion_rate", -1, "completion falls as p grows"),
+              ("deadline", "completion_rate", +1, "completion rises with the deadline"),
+              ("devices", "completion_rate", -1, "completion falls as I grows"),
+              ("devices", "latency_s", +1, "latency rises with I"))
+    for ek, metric, sign, text in checks:
+        e = results["experiments"].get(ek)
+        if not e or len(e["x_values"]) < 2:
+            continue
+        for k, meta in results["methods"].items():
+            if not meta["in_paper"]:
+                continue
+            ys = [e["points"][x]["methods"][k][metric]["mean"] for x in e["x_values"]]
+            steps = np.sign(np.diff(ys)) * sign
+            verdict = "holds" if (steps >= 0).all() else f"holds in {int((steps >= 0).sum())} of {len(steps)} steps"
+            out.append(f"{e['figure']}, {meta['label']}: {text}: {verdict} "
+                       f"({', '.join(f'{y:.3g}' for y in ys)})")
+    return out
+
+
+def _fmt(s: dict, pct: bool = False) -> str:
+    if pct:
+        return f"{100 * s['mean']:.1f}% ± {100 * s['std']:.1f}"
+    return f"{s['mean']:.3g} ± {s['std']:.2g}"
+
+
+def _series(results: dict, e: dict, metric: str, scale: float = 1.0) -> list[Series]:
+    ser = []
+    for k, meta in results["methods"].items():
+        if not meta["in_paper"] and k != "greedy":
+            continue
+        xs = [x for x in e["x_values"] if k in e["points"][x]["methods"]]
+        ys = [scale * e["points"][x]["methods"][k][metric]["mean"] for x in xs]
+        sd = [scale * e["points"][x]["methods"][k][metric]["std"] for x in xs]
+        ser.append(Series(meta["label"], [float(x) for x in xs], ys, sd))
+    return ser
+
+
+def _figures(results: dict, out: Path) -> list[str]:
+    """PNG figures in the style of the paper's: lines with markers, one per method (and Greedy, dashed-free,
+    as our reference), the spread over seeds shaded."""
+    files = []
+    labels = {k: v["label"] for k, v in results["methods"].items()}
+    conv = results["convergence"]["methods"]
+    if conv:
+        series = [Series(labels[k], c["episode"], c["reward_mean"], c["reward_std"]) for k, c in conv.items()]
+        w = next(iter(conv.values()))["window"]
+        figure(out / "fig3_convergence.png", [Panel(f"Fig. 3: episode reward, {w}-episode mean, ±std over seeds",
+                                                    "episode", "cumulative reward", series, markers=False)],
+               panel_w=720, panel_h=420)
+        files.append("fig3_convergence.png")
+    for ek, fname in FIGURE_FILES.items():
+        e = results["experiments"].get(ek)
+        if not e:
+            continue
+        panels = []
+        if ek == "devices":
+            panels.append(Panel("Fig. 6(a): average latency", e["x_label"], "latency (s)",
+                                _series(results, e, "latency_s")))
+            panels.append(Panel("Fig. 6(b): task completion rate", e["x_label"], "completion rate (%)",
+                                _series(results, e, "completion_rate", 100.0)))
+        else:
+            panels.append(Panel(f"{e['figure']}: task completion rate", e["x_label"], "completion rate (%)",
+                                _series(results, e, "completion_rate", 100.0)))
+        figure(out / fname, panels, panel_w=560 if len(panels) == 1 else 500, panel_h=380)
+        files.append(fname)
+    return files
+
+
+def write_report(results: dict, out: Path) -> None:
+    rows = headline(results)
+    results["headline"] = rows
+    figs = _figures(results, out)
+    st = results["settings"]
+    w = results["wall_s"]
+    labels = {k: v["label"] for k, v in results["methods"].items()}
+    L = []
+    L.append(f"# GMEL (paper 001) reproduced: {results['title']}\n")
+    L.append(f"Generated by `{' '.join(results['command'])}` ({results['mode']} run). Every number below was "
+             "computed by that command from the trained runs listed at the end; the paper's numbers are quoted "
+             "from its text (it has figures only, no tables). Spec and deviations: `docs/papers/gmel.md`.\n")
+    if st["reduced"]:
+        L.append(f"**Reduced run** (the full run is `aigc-offload reproduce gmel`: {FULL_EPISODES} episodes per run, "
+                 "3 seeds, all 21 scenes, 10 evaluation episodes): " + "; ".join(st["reduced"]) + ".\n")
+    L.append(f"Settings: {st['seeds']} seeds per trained method and scene, {st['episodes']} training episodes per run "
+             f"(100 slots each; the paper trains 5000), evaluation {st['eval_episodes']} episodes per seed on common "
+             f"workloads (seed 1000+k) with greedy (argmax) actions, scene overrides {st['preset_overrides'] or 'none'}, "
+             "algorithm overrides "
+             f"{st['algo_overrides'] or 'none'} over the defaults (the paper's lr 1e-3 actor / 5e-3 critic, gamma 0.99, "
+             "batch 64, dropout 0.1; our choices in policies/train/amarl.py and gmel_baselines.py).\n")
+    L.append(f"Wall time of this invocation: {w['total']:.0f} s ({w['total'] / 60:.1f} min) on {results['machine']['cpus']} "
+             f"shared cores, {w['trained_now']} runs trained or resumed now, {w['reused']} reused; training "
+             f"{w['training']:.0f} s, evaluation {w['evaluation']:.0f} s.\n")
+    inv = results.get("invocations", [])
+    if inv:
+        L.append("Invocations on this runs directory (UTC start, elapsed, runs trained):\n")
+        for i in inv:
+            L.append(f"- {i['started']}: `{' '.join(i['command'])}`, {i['wall_s']:.0f} s ({i['wall_s'] / 60:.1f} min), "
+                     f"{i['trained_now']} runs trained")
+        L.append("")
+    if "training_compute_s" in results:
+        L.append(f"Training compute, the sum of every run's training wall time: {results['training_compute_s']:.0f} s "
+                 f"({results['training_compute_s'] / 3600:.2f} h, {results['machine']['jobs']} runs in parallel).\n")
+
+    L.append("## Headline: ours vs the paper\n")
+    L.append("| what | ours (percentage points) | ours (relative) | paper | paper's reference |\n|---|---|---|---|---|")
+    for r in rows:
+        L.append(f"| {r['what']} | {100 * r['ours']:+.2f} pp (AMARL {100 * r['amarl']:.1f}% ± {100 * r['amarl_std']:.1f}) | "
+                 f"{100 * r['ours_rel']:+.2f}% | +{100 * r['paper']:.2f}% | {r['reference']} |")
+    for r in rows:
+        if "vs_each" in r:
+            each = ", ".join(f"{labels[b]} {100 * g['pp']:+.2f} pp ({100 * g['rel']:+.2f}%)" for b, g in r["vs_each"].items())
+            L.append(f"\n- {r['key']}: AMARL against each baseline: {each}.")
+    L.append("\nThe paper's \"%\" can be read as percentage points or as a relative gain; both are shown. Spread is "
+             "the standard deviation over seeds.\n")
+    cs = convergence_summary(results)
+    results["convergence_summary"] = cs
+    if cs:
+        fr, ce = cs["final_reward"], cs["converged_episode"]
+        L.append(f"Fig. 3 (paper: AMARL converges fastest and to the highest reward; no number given): converged "
+                 "training reward (last 10%, smoothed) " + ", ".join(f"{labels[k]} {_fmt(v)}" for k, v in fr.items())
+                 + "; episode at which the smoothed curve covers 90% of its rise: "
+                 + ", ".join(f"{labels[k]} {v if v is not None else 'never'}" for k, v in ce.items()) + ".\n")
+
+    bad = orderings(results)
+    L.append("## Does the paper's ordering hold?\n")
+    L.append("AMARL is the best of the paper's four methods at every point, metric and in Fig. 3." if not bad else
+             "Points where AMARL is not the best of the paper's four methods (AMARL, MADDPG, Actor-Critic, DQN):\n\n"
+             + "\n".join(f"- {b}" for b in bad))
+    L.append("")
+    tr = trends(results)
+    if tr:
+        L.append("Trends the paper describes (per method, over the x values of this run):\n")
+        L.extend(f"- {t}" for t in tr)
+        L.append("")
+
+    for ek, e in results["experiments"].items():
+        L.append(f"## {e['figure']}: {e['title']}\n")
+        if FIGURE_FILES[ek] in figs:
+            L.append(f"![{e['figure']}]({FIGURE_FILES[ek]})\n")
+        for metric, name in (("completion_rate", "Task completion rate"), ("latency_s", "Average latency (s, a drop "
+                             "counted at its deadline)"), ("reward", "Episode reward per IED")):
+            L.append(f"{name} (mean ± std over seeds):\n")
+            L.append("| method | " + " | ".join(f"{e['x_label']} = {x}" for x in e["x_values"]) + " |")
+            L.append("|---|" + "---|" * len(e["x_values"]))
+            for k in results["methods"]:
+                cells = [_fmt(e["points"][x]["methods"][k][metric], pct=(metric == "completion_rate"))
+                         if k in e["points"][x]["methods"] else "n/a" for x in e["x_values"]]
+                L.append(f"| {labels[k]} | " + " | ".join(cells) + " |")
+            L.append("")
+    conv = results["convergence"]["methods"]
+    if conv:
+        L.append(f"## Fig. 3: convergence (default scene, point {results['convergence']['point']})\n")
+        if "fig3_convergence.png" in figs:
+            L.append("![Fig. 3](fig3_convergence.png)\n")
+            L.append("Training episodes with the behaviour policies (AMARL, MADDPG and AC sample their stochastic "
+                     "policies, DQN is epsilon-greedy, the first 10 episodes of AMARL and MADDPG are uniform random), "
+                     "so below the greedy evaluation. Reward = the episode's sum of r = C - T over its tasks, per IED.\n")
+        L.append("| method | final episode reward (last 10%, smoothed) | 90% of the rise by episode |\n|---|---|---|")
+        ce = cs["converged_episode"] if cs else {}
+        for k, c in conv.items():
+            L.append(f"| {labels[k]} | {_fmt(c['final_reward'])} | {ce.get(k, '-')} |")
+        L.append("")
+    L.append("## Training wall time\n")
+    L.append("| point | method | seeds | episodes | train wall (s, mean over seeds) | s per episode (with updates) |")
+    L.append("|---|---|---|---|---|---|")
+    groups: dict = {}
+    for d, r in results["runs"].items():
+        groups.setdefault((r["point"], r["algo"]), []).append(r)
+    for (p, a), rs in sorted(groups.items()):
+        L.append(f"| {p} | {labels[a]} | {len(rs)} | {rs[0]['episodes']} | "
+                 f"{sum(x['train_wall_s'] for x in rs) / len(rs):.0f} | "
+                 f"{sum(x['episode_s_mean'] for x in rs) / len(rs):.2f} |")
+    L.append("\nWall times are measured on a 2-core machine shared with other jobs (one torch thread per run, "
+             f"{results['machine']['jobs']} runs in parallel); they are upper bounds for an idle core.\n")
+    L.append("## Runs\n")
+    L.append("Run directories (each a policy for `aigc-offload evaluate`): " +
+             ", ".join(f"`{d}`" for d in list(results["runs"])[:6]) + (" ..." if len(results["runs"]) > 6 else "") +
+             "; the full list with per-seed numbers is in `results.json`.\n")
+    (out / "report.md").write_text("\n".join(L) + "\n")
+
+
+SPEC = PaperSpec(name="gmel", title="Multi-Agent RL-Based Industrial AIGC Service Offloading over Wireless Edge "
+                 "Networks (GMEL, AMARL)", source="/work/shared/seeds/001_a149451f3a8729c6.txt", scenario="gmel",
+                 methods=METHODS, experiments=EXPERIMENTS, full=full, quick=quick,
+                 convergence_point=DEFAULT_POINT.name, write_report=write_report)

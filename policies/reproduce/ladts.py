@@ -1,0 +1,438 @@
+"""LAD-TS (paper 003): methods, experiments, the paper's stated numbers, and the report.
+
+Paper figures (Sec. V; no tables of results): Fig. 5 average service delay per training episode
+(convergence: LAD-TS 60 episodes, D2SAC-TS 150, SAC-TS 200, DQN-TS 300; plateaus 7.7 / 8.4 / 8.9 / 9.5 s,
+Opt-TS 7.4 s), Fig. 6 delay vs the task upper bound N (10-70) and the capacity upper bound (30-70 GHz),
+Fig. 7 delay vs the quality bound z (5-20) and the number of stations B, Fig. 8 LAD-TS delay vs the
+denoising steps I and the temperature alpha. Spec: docs/papers/ladts.md section 6.
+
+Every value is the mean service delay per task (spec 1.7 [fix]) of ``aigc-offload evaluate`` on common
+workloads; the trained policies act as in training (a ~ pi, the paper's curves are training episodes).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from policies.reproduce.core import Experiment, Method, PaperSpec, Point, Settings
+from policies.reproduce.png import Panel, Series, figure
+
+TRAINED = ("ladts", "d2sac_ts", "sac_ts", "dqn_ts")
+METHODS = (
+    Method("ladts", "LAD-TS", trained=True),
+    Method("d2sac_ts", "D2SAC-TS", trained=True),
+    Method("sac_ts", "SAC-TS", trained=True),
+    Method("dqn_ts", "DQN-TS", trained=True),
+    Method("opt", "Opt-TS", trained=False),
+    Method("random", "Random (ours)", trained=False, in_paper=False),
+)
+BASELINES = ("d2sac_ts", "sac_ts", "dqn_ts")
+AUTHORS_S_PER_EPISODE = 78.0  # the authors' public code (main_lad.py), measured on this machine (task brief)
+
+DEFAULT = Point("default", {})  # N = 50, fmax = 50, Z = 15, B = 20, I = 5, alpha = 0.05
+
+
+def _sweep(name: str, field: str, values: tuple, default) -> tuple:
+    return tuple(DEFAULT if v == default else Point(f"{name}{v}", {field: v}) for v in values)
+
+
+def _algo_sweep(name: str, field: str, values: tuple, default) -> tuple:
+    return tuple(DEFAULT if v == default else Point(f"{name}{v}", {}, methods=("ladts", "opt"), algo_overrides={field: v})
+                 for v in values)
+
+
+N_VALUES = (10, 20, 30, 40, 50, 60, 70)
+F_VALUES = (30, 40, 50, 60, 70)
+Z_VALUES = (5, 10, 15, 20)
+B_VALUES = (10, 20, 30, 40, 50)
+I_VALUES = (1, 3, 5, 7, 10)  # the paper does not print its x values; I = 5 is its best
+ALPHA_VALUES = (0.01, 0.05, 0.1, 0.2, 0.5)  # "as alpha increases from 0.01 to 0.5"
+
+EXPERIMENTS = (
+    Experiment("tasks", "Delay vs the task upper bound N (N_{b,t} ~ U{1..N})", "Fig. 6a", "tasks N",
+               N_VALUES, _sweep("N", "tasks_max", N_VALUES, 50)),
+    Experiment("capacity", "Delay vs the capacity upper bound (f ~ randint(10, fmax))", "Fig. 6b", "fmax GHz",
+               F_VALUES, _sweep("F", "capacity_ghz_max", F_VALUES, 50)),
+    Experiment("quality", "Delay vs the quality bound Z (z ~ randint(1, Z))", "Fig. 7a", "quality Z",
+               Z_VALUES, _sweep("Z", "quality_max", Z_VALUES, 15)),
+    Experiment("stations", "Delay vs the number of stations B", "Fig. 7b", "stations B",
+               B_VALUES, _sweep("B", "num_stations", B_VALUES, 20)),
+    Experiment("steps", "LAD-TS delay vs the denoising steps I", "Fig. 8a", "steps I",
+               I_VALUES, _algo_sweep("I", "denoising_steps", I_VALUES, 5)),
+    Experiment("alpha", "LAD-TS delay vs the initial temperature alpha", "Fig. 8b", "alpha",
+               ALPHA_VALUES, _algo_sweep("alpha", "alpha", ALPHA_VALUES, 0.05)),
+)
+
+FULL_EPISODES = 300  # DQN-TS converges by ~300 in the paper (Fig. 5); LAD-TS (code semantics) by ~200 here
+
+
+def full() -> Settings:
+    return Settings(seeds=3, episodes=FULL_EPISODES, eval_episodes=10, jobs=2, smooth=10)
+
+
+def quick() -> Settings:
+    """A few minutes: the default point and one more point per environment sweep, short runs."""
+    return Settings(seeds=2, episodes=12, eval_episodes=2, jobs=2, smooth=3,
+                    experiments=("tasks", "stations"), x_subset={"tasks": (30, 50), "stations": (10, 20)},
+                    reduced=["--quick: 12 training episodes per run (the paper: 60 for LAD-TS, up to 300 for the "
+                             "baselines), 2 seeds, 2 points of Figs. 6a and 7b only, 2 evaluation episodes per seed; "
+                             "a smoke run, not a result"])
+
+
+PAPER = {
+    # Fig. 5 (Sec. V-C, "Learning Performance Evaluation")
+    "plateau": {"ladts": 7.7, "d2sac_ts": 8.4, "sac_ts": 8.9, "dqn_ts": 9.5, "opt": 7.4},
+    "converge_episodes": {"ladts": 60, "d2sac_ts": 150, "sac_ts": 200, "dqn_ts": 300},
+    # Fig. 6a at N = 50, and the reductions relative to each baseline
+    "N50": {"ladts": 7.67, "dqn_ts": 9.59, "sac_ts": 8.88, "d2sac_ts": 8.39, "opt": 7.37},
+    "N50_reduction": {"dqn_ts": 0.2002, "sac_ts": 0.1363, "d2sac_ts": 0.0858},
+    # Fig. 7a at Z = 20 (the paper's percentages are relative to LAD-TS)
+    "Z20": {"ladts": 18.80, "dqn_ts": 23.11, "sac_ts": 21.25, "d2sac_ts": 20.76},
+    "Z20_gap": {"dqn_ts": 0.2292, "sac_ts": 0.1303, "d2sac_ts": 0.1042},
+    # Fig. 7b at B = 40 (relative to each baseline)
+    "B40": {"ladts": 11.75, "dqn_ts": 16.95, "sac_ts": 13.39, "d2sac_ts": 12.96},
+    "B40_reduction": {"dqn_ts": 0.3067, "sac_ts": 0.1225, "d2sac_ts": 0.0934},
+    "best_steps": 5,  # Fig. 8a
+    "best_alpha": 0.05,  # Fig. 8b
+}
+CONVERGE_TOL = 0.05  # an episode counts as converged once the smoothed curve is within 5% of the final level
+
+
+def _mean(r: dict, method: str, metric: str = "latency_s") -> float | None:
+    m = r["methods"].get(method)
+    return None if m is None else m[metric]["mean"]
+
+
+def _point(results: dict, exp: str, x: str) -> dict | None:
+    e = results["experiments"].get(exp)
+    return None if e is None else e["points"].get(x)
+
+
+def _labels(results: dict) -> dict:
+    return {k: v["label"] for k, v in results["methods"].items()}
+
+
+# -- convergence ------------------------------------------------------------------------------------------
+def convergence_delays(results: dict) -> dict:
+    """Per trained method: smoothed training delay per episode (mean and std over seeds), the final level
+    (last 10%) and the first episode within CONVERGE_TOL of it."""
+    out = {}
+    for k, c in results["convergence"]["methods"].items():
+        d = [-v for v in c["reward_mean"]]
+        final = -c["final_reward"]["mean"]
+        ep = next((e for e, v in zip(c["episode"], d) if v <= final * (1 + CONVERGE_TOL)), None)
+        out[k] = {"episode": c["episode"], "delay": d, "std": c["reward_std"], "final": final,
+                  "final_std": c["final_reward"]["std"], "converged_at": ep}
+    return out
+
+
+def opt_training_curve(results: dict) -> dict | None:
+    """Opt-TS on the very workloads the convergence point's runs trained on (per seed and episode, the
+    trainer's workload stream), smoothed like the training curves: Fig. 5's Opt-TS line. Cached in
+    ``results["convergence_opt"]`` (a report re-made with --report-only reuses it)."""
+    if "convergence_opt" in results:
+        return results["convergence_opt"]
+    import json
+
+    from policies.evaluate import run_episode
+    from policies.heuristics import make_policy
+    from policies.scenarios import make_simulator
+    from policies.train.ladts import TRAIN_WORKLOAD_STREAM
+    from policies.workload import episode_rng
+
+    conv = results["convergence"]["methods"]
+    if "ladts" not in conv:
+        return None
+    dirs = [d for d, r in results["runs"].items() if r["point"] == results["convergence"]["point"] and r["algo"] == "ladts"]
+    curves = []
+    for d in dirs:
+        cfg = json.loads((Path(d) / "config.json").read_text())
+        sim = make_simulator("ladts", {k: v for k, v in cfg["preset"].items() if k != "scenario"})
+        opt = make_policy("opt", sim)
+        n = results["runs"][d]["episodes"]
+        curves.append([run_episode(sim, opt, sim.generate_workload(episode_rng(cfg["seed"], e, TRAIN_WORKLOAD_STREAM), e),
+                                   0)["latency_s"] for e in range(n)])
+    if not curves:
+        return None
+    n = min(len(c) for c in curves)
+    w = conv["ladts"]["window"]
+    sm = np.stack([np.convolve(np.asarray(c[:n]), np.ones(w) / w, mode="valid") for c in curves])
+    results["convergence_opt"] = {"episode": [int(i + w - 1) for i in range(sm.shape[1])], "delay": sm.mean(0).tolist(),
+                                  "std": sm.std(0).tolist(), "per_seed_raw": curves}
+    return results["convergence_opt"]
+
+
+def timing(results: dict) -> dict:
+    """Per trained method (all points): mean wall and CPU seconds per training episode (episodes with
+    updates), from the runs' metrics.csv when present (else the summary in results)."""
+    per: dict[str, dict[str, list]] = {}
+    for d, r in results["runs"].items():
+        t = per.setdefault(r["algo"], {"wall": [], "cpu": [], "point_default": []})
+        t["wall"].append(r["episode_s_mean"])
+        path = Path(d) / "metrics.csv"
+        if path.is_file():
+            with path.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            cpu = [float(x["episode_cpu_s"]) for x in rows if x.get("episode_cpu_s") and
+                   math.isfinite(float(x["critic_loss"]))]
+            if cpu:
+                t["cpu"].append(float(np.mean(cpu)))
+                if r["point"] == DEFAULT.name:
+                    t["point_default"].append(float(np.mean(cpu)))
+    return {k: {"wall_s": float(np.mean(v["wall"])), "cpu_s": float(np.mean(v["cpu"])) if v["cpu"] else None,
+                "cpu_s_default": float(np.mean(v["point_default"])) if v["point_default"] else None,
+                "runs": len(v["wall"])} for k, v in per.items()}
+
+
+# -- headline ---------------------------------------------------------------------------------------------
+def headline(results: dict) -> list[dict]:
+    """Rows (what, ours, paper, reference): the paper's stated numbers next to ours."""
+    rows = []
+    lab = _labels(results)
+    d = _point(results, "tasks", "50") or _point(results, "capacity", "50") or _point(results, "quality", "15") \
+        or _point(results, "stations", "20")
+    if d is not None:
+        for k in ("ladts", "d2sac_ts", "sac_ts", "dqn_ts", "opt"):
+            if k in d["methods"]:
+                s = d["methods"][k]["latency_s"]
+                rows.append({"key": f"N50_{k}", "what": f"{lab[k]} delay, default scenario (N = 50)", "ours": s["mean"],
+                             "ours_std": s["std"], "paper": PAPER["N50"][k], "unit": "s",
+                             "reference": "Fig. 6a (Fig. 5: %.1f s)" % PAPER["plateau"][k]})
+        lad, opt = _mean(d, "ladts"), _mean(d, "opt")
+        if lad is not None and opt is not None:
+            rows.append({"key": "N50_lad_over_opt", "what": "LAD-TS above Opt-TS, default scenario", "ours": lad / opt - 1,
+                         "paper": PAPER["N50"]["ladts"] / PAPER["N50"]["opt"] - 1, "unit": "%",
+                         "reference": "Fig. 6a (target: within 5%)"})
+            for b, pv in PAPER["N50_reduction"].items():
+                v = _mean(d, b)
+                if v is not None:
+                    rows.append({"key": f"N50_reduction_{b}", "what": f"LAD-TS lower than {lab[b]} (rel. to {lab[b]}), N = 50",
+                                 "ours": (v - lad) / v, "paper": pv, "unit": "%", "reference": "Sec. V-C, Fig. 6a"})
+    z = _point(results, "quality", "20")
+    if z is not None and "ladts" in z["methods"]:
+        lad = _mean(z, "ladts")
+        rows.append({"key": "Z20_ladts", "what": "LAD-TS delay, Z = 20", "ours": lad, "paper": PAPER["Z20"]["ladts"],
+                     "unit": "s", "reference": "Fig. 7a"})
+        for b, pv in PAPER["Z20_gap"].items():
+            v = _mean(z, b)
+            if v is not None:
+                rows.append({"key": f"Z20_gap_{b}", "what": f"{lab[b]} above LAD-TS (rel. to LAD-TS), Z = 20",
+                             "ours": (v - lad) / lad, "paper": pv, "unit": "%", "reference": "Sec. V-C, Fig. 7a"})
+    bb = _point(results, "stations", "40")
+    if bb is not None and "ladts" in bb["methods"]:
+        lad = _mean(bb, "ladts")
+        rows.append({"key": "B40_ladts", "what": "LAD-TS delay, B = 40", "ours": lad, "paper": PAPER["B40"]["ladts"],
+                     "unit": "s", "reference": "Fig. 7b"})
+        for b, pv in PAPER["B40_reduction"].items():
+            v = _mean(bb, b)
+            if v is not None:
+                rows.append({"key": f"B40_reduction_{b}", "what": f"LAD-TS lower than {lab[b]} (rel. to {lab[b]}), B = 40",
+                             "ours": (v - lad) / v, "paper": pv, "unit": "%", "reference": "Sec. V-C, Fig. 7b"})
+    conv = convergence_delays(results)
+    oc = opt_training_curve(results) if conv else None
+    for k, c in conv.items():
+        if oc is not None:
+            tail = max(1, len(oc["delay"]) // 10)
+            rows.append({"key": f"plateau_ratio_{k}", "what": f"{lab[k]} converged training delay above Opt-TS on the same "
+                         "training workloads (last 10%)", "ours": c["final"] / float(np.mean(oc["delay"][-tail:])) - 1,
+                         "paper": PAPER["plateau"][k] / PAPER["plateau"]["opt"] - 1, "unit": "%", "reference": "Fig. 5"})
+        rows.append({"key": f"plateau_{k}", "what": f"{lab[k]} converged training delay (last 10%, smoothed)",
+                     "ours": c["final"], "ours_std": c["final_std"], "paper": PAPER["plateau"][k], "unit": "s",
+                     "reference": "Fig. 5"})
+        rows.append({"key": f"converge_{k}", "what": f"{lab[k]} episodes to converge (within {CONVERGE_TOL:.0%} of "
+                     "its final level)", "ours": c["converged_at"], "paper": PAPER["converge_episodes"][k],
+                     "unit": "episodes", "reference": "Sec. V-C, Fig. 5"})
+    for exp, best_key in (("steps", "best_steps"), ("alpha", "best_alpha")):
+        e = results["experiments"].get(exp)
+        if e and len(e["x_values"]) > 1:
+            vals = {x: _mean(e["points"][x], "ladts") for x in e["x_values"]}
+            best = min(vals, key=vals.get)
+            rows.append({"key": best_key, "what": f"best {e['x_label']} for LAD-TS", "ours": float(best),
+                         "paper": PAPER[best_key], "unit": "", "reference": e["figure"]})
+    tm = timing(results)
+    if "ladts" in tm:
+        t = tm["ladts"]
+        rows.append({"key": "episode_wall_s", "what": "LAD-TS training wall time per episode (mean over runs)",
+                     "ours": t["wall_s"], "paper": AUTHORS_S_PER_EPISODE, "unit": "s",
+                     "reference": "authors' code on this machine (task brief)"})
+        if t["cpu_s"] is not None:
+            rows.append({"key": "episode_cpu_s", "what": "LAD-TS training CPU time per episode (mean over runs)",
+                         "ours": t["cpu_s"], "paper": AUTHORS_S_PER_EPISODE, "unit": "s",
+                         "reference": "authors' code on this machine (task brief)"})
+    for r in rows:  # "pct": a fraction printed as a percentage (the CLI reads it); a missing value is nan
+        r["pct"] = r["unit"] == "%"
+        if r["ours"] is None:
+            r["ours"] = float("nan")
+    return rows
+
+
+def orderings(results: dict) -> list[str]:
+    """Sentences: where the paper's ordering Opt-TS < LAD-TS < D2SAC-TS < SAC-TS < DQN-TS, or LAD-TS within 5% of
+    Opt-TS, does not hold."""
+    out, lab = [], _labels(results)
+    for ek, e in results["experiments"].items():
+        for x in e["x_values"]:
+            r = e["points"][x]
+            lad = _mean(r, "ladts")
+            if lad is None:
+                continue
+            worse = [b for b in BASELINES if b in r["methods"] and _mean(r, b) <= lad]
+            if worse:
+                out.append(f"{e['figure']} {e['x_label']} = {x}: LAD-TS {lad:.3g} s is not below " +
+                           ", ".join(f"{lab[b]} ({_mean(r, b):.3g} s)" for b in worse))
+            opt = _mean(r, "opt")
+            if opt is not None and lad > 1.05 * opt:
+                out.append(f"{e['figure']} {e['x_label']} = {x}: LAD-TS {lad:.3g} s is {100 * (lad / opt - 1):.1f}% "
+                           f"above Opt-TS ({opt:.3g} s), more than 5%")
+            base = [b for b in ("d2sac_ts", "sac_ts", "dqn_ts") if b in r["methods"]]
+            vals = [_mean(r, b) for b in base]
+            if len(vals) == 3 and not (vals[0] < vals[1] < vals[2]):
+                out.append(f"{e['figure']} {e['x_label']} = {x}: baselines not in the paper's order D2SAC-TS < SAC-TS < "
+                           f"DQN-TS ({', '.join(f'{lab[b]} {v:.3g}' for b, v in zip(base, vals))})")
+    return out
+
+
+# -- figures and report -------------------------------------------------------------------------------------
+def _figures(results: dict, out: Path) -> list[str]:
+    files = []
+    lab = _labels(results)
+    conv = convergence_delays(results)
+    if conv:
+        series = [Series(lab[k], c["episode"], c["delay"], c["std"]) for k, c in conv.items()]
+        oc = opt_training_curve(results)
+        if oc is not None:  # Opt-TS on the same training workloads
+            series.append(Series("Opt-TS", oc["episode"], oc["delay"], oc["std"]))
+        w = results["convergence"]["methods"][next(iter(conv))]["window"]
+        figure(out / "fig5_convergence.png", [Panel(f"Fig. 5: training delay, {w}-episode mean, +-std over seeds",
+                                                    "episode", "average service delay (s)", series, markers=False)],
+               panel_w=760, panel_h=440)
+        files.append("fig5_convergence.png")
+    for fname, pair in (("fig6_tasks_capacity.png", ("tasks", "capacity")), ("fig7_quality_stations.png", ("quality", "stations")),
+                        ("fig8_steps_alpha.png", ("steps", "alpha"))):
+        panels = []
+        for ek in pair:
+            e = results["experiments"].get(ek)
+            if not e:
+                continue
+            xs = e["x_values"]
+            ser = []
+            for k, meta in results["methods"].items():
+                if not meta["in_paper"] or not all(k in e["points"][x]["methods"] for x in xs):
+                    continue
+                ys = [_mean(e["points"][x], k) for x in xs]
+                sd = [e["points"][x]["methods"][k]["latency_s"]["std"] for x in xs]
+                ser.append(Series(meta["label"], [float(x) for x in xs], ys, sd))
+            panels.append(Panel(f"{e['figure']}: delay vs {e['x_label']}", e["x_label"], "delay (s)", ser))
+        if panels:
+            figure(out / fname, panels, panel_w=640, panel_h=400)
+            files.append(fname)
+    return files
+
+
+def _fmt_row(r: dict) -> tuple[str, str]:
+    if r["unit"] == "%":
+        return f"{100 * r['ours']:.2f}%", f"{100 * r['paper']:.2f}%"
+    if not math.isfinite(r["ours"]):
+        return "not within the run", f"{r['paper']:g}" + (f" {r['unit']}" if r["unit"] else "")
+    ours = f"{r['ours']:.3g}" + (f" ± {r['ours_std']:.2g}" if "ours_std" in r else "")
+    return ours + (f" {r['unit']}" if r["unit"] else ""), f"{r['paper']:g}" + (f" {r['unit']}" if r["unit"] else "")
+
+
+def write_report(results: dict, out: Path) -> None:
+    rows = headline(results)
+    results["headline"] = rows
+    results["timing"] = timing(results)
+    figs = _figures(results, out)
+    st, w, lab = results["settings"], results["wall_s"], _labels(results)
+    L = [f"# LAD-TS (paper 003) reproduced: {results['title']}\n"]
+    L.append(f"Generated by `{' '.join(results['command'])}` ({results['mode']} run). Every number of ours was computed "
+             "by that command from the trained runs listed at the end; the paper's numbers are quoted from its text "
+             "(Sec. V-C; it prints no tables). Spec and deviations: `docs/papers/ladts.md`; algorithms: "
+             "`policies/train/ladts.py`.\n")
+    if st["reduced"]:
+        L.append("**Reduced run** (the full run is `aigc-offload reproduce ladts`: "
+                 f"{FULL_EPISODES} episodes per run, 3 seeds, every point): " + "; ".join(st["reduced"]) + ".\n")
+    L.append(f"Settings: {st['seeds']} seeds per trained method and point, {st['episodes']} training episodes per run "
+             f"(59 decided slots, ~30,000 tasks per episode at the default point), evaluation {st['eval_episodes']} "
+             f"episodes per seed on common workloads (seed 1000+k); algorithm overrides {st['algo_overrides'] or 'none'} "
+             "over the paper's hyperparameters (2x20 networks, I = 5, lr 1e-4 / 1e-3 / 3e-4, alpha 0.05, target entropy "
+             "-1, gamma 0.95, tau 0.005, pool 1000, batch 64, updates once |R_b| > 300). Trained policies act as in "
+             "training (a ~ pi; DQN-TS greedily). Values are mean service delay per task (s), ± std over seeds.\n")
+    L.append(f"Wall time of this invocation: {w['total']:.0f} s ({w['total'] / 60:.1f} min) on {results['machine']['cpus']} "
+             f"shared cores, {w['trained_now']} runs trained or resumed now, {w['reused']} reused; training "
+             f"{w['training']:.0f} s, evaluation {w['evaluation']:.0f} s.\n")
+    for i in results.get("invocations", []):
+        L.append(f"- {i['started']} UTC: `{' '.join(i['command'])}`, {i['wall_s']:.0f} s, {i['trained_now']} runs trained")
+    L.append("")
+    L.append("## Headline: ours vs the paper\n")
+    L.append("| what | ours | paper | paper's reference |\n|---|---|---|---|")
+    for r in rows:
+        o, p = _fmt_row(r)
+        L.append(f"| {r['what']} | {o} | {p} | {r['reference']} |")
+    L.append("\nReductions as the paper states them: (baseline - LAD-TS) / baseline for N = 50 and B = 40, "
+             "(baseline - LAD-TS) / LAD-TS for Z = 20. Episodes to converge: the first episode at which the smoothed "
+             f"training delay (mean over seeds) is within {CONVERGE_TOL:.0%} of the method's final level.\n")
+    bad = orderings(results)
+    L.append("## Does the paper's ordering hold?\n")
+    L.append("Opt-TS <= LAD-TS (within 5%) < D2SAC-TS < SAC-TS < DQN-TS at every point." if not bad else
+             "Where it does not (LAD-TS against each baseline and Opt-TS; the baselines' order):\n\n" +
+             "\n".join(f"- {b}" for b in bad))
+    L.append("")
+    conv = convergence_delays(results)
+    if conv:
+        L.append(f"## Fig. 5: convergence (point `{results['convergence']['point']}`)\n")
+        if "fig5_convergence.png" in figs:
+            L.append("![Fig. 5](fig5_convergence.png)\n")
+        L.append("| method | final training delay (s) | paper plateau (s) | episodes to converge | paper |\n|---|---|---|---|---|")
+        for k, c in conv.items():
+            ca = c["converged_at"]
+            L.append(f"| {lab[k]} | {c['final']:.3g} ± {c['final_std']:.2g} | {PAPER['plateau'][k]} | "
+                     f"{ca if ca is not None else 'n/a'} | {PAPER['converge_episodes'][k]} |")
+        L.append("")
+    for ek, e in results["experiments"].items():
+        L.append(f"## {e['figure']}: {e['title']}\n")
+        fname = {"tasks": "fig6_tasks_capacity.png", "capacity": "fig6_tasks_capacity.png",
+                 "quality": "fig7_quality_stations.png", "stations": "fig7_quality_stations.png",
+                 "steps": "fig8_steps_alpha.png", "alpha": "fig8_steps_alpha.png"}[ek]
+        if fname in figs and ek in ("tasks", "quality", "steps"):
+            L.append(f"![{e['figure']}]({fname})\n")
+        L.append("| method | " + " | ".join(f"{e['x_label']} = {x}" for x in e["x_values"]) + " |")
+        L.append("|---|" + "---|" * len(e["x_values"]))
+        for k in results["methods"]:
+            if not any(k in e["points"][x]["methods"] for x in e["x_values"]):
+                continue
+            cells = []
+            for x in e["x_values"]:
+                m = e["points"][x]["methods"].get(k)
+                cells.append(f"{m['latency_s']['mean']:.3g} ± {m['latency_s']['std']:.2g}" if m else "n/a")
+            L.append(f"| {lab[k]} | " + " | ".join(cells) + " |")
+        L.append("")
+    tm = results["timing"]
+    if tm:
+        L.append("## Training time per episode\n")
+        L.append("| method | runs | wall s / episode | CPU s / episode | CPU s / episode, default point | "
+                 "speed-up vs the authors' 78 s (wall) |\n|---|---|---|---|---|---|")
+        for k, t in tm.items():
+            cpu = f"{t['cpu_s']:.2f}" if t["cpu_s"] is not None else "n/a"
+            cpud = f"{t['cpu_s_default']:.2f}" if t["cpu_s_default"] is not None else "n/a"
+            L.append(f"| {lab[k]} | {t['runs']} | {t['wall_s']:.2f} | {cpu} | {cpud} | "
+                     f"{AUTHORS_S_PER_EPISODE / t['wall_s']:.0f}x |")
+        L.append(f"\nEpisodes with updates only. Wall times are measured on a 2-core machine shared with other jobs "
+                 f"({results['machine']['jobs']} runs in parallel, one torch thread each); CPU time is the process time "
+                 "of the run, independent of the sharing. The authors' code takes about 78 s per LAD-TS episode on this "
+                 "machine (one actor call per task, one update per station per slot in Python).\n")
+    L.append("## Runs\n")
+    L.append("Run directories (each a policy for `aigc-offload evaluate`): " +
+             ", ".join(f"`{d}`" for d in list(results["runs"])[:4]) + (" ..." if len(results["runs"]) > 4 else "") +
+             "; the full list with per-seed numbers is in `results.json`.\n")
+    (out / "report.md").write_text("\n".join(L) + "\n")
+
+
+SPEC = PaperSpec(name="ladts", title="Accelerating AIGC Services with Latent Action Diffusion Scheduling in Edge "
+                 "Networks (LAD-TS)", source="/work/shared/seeds/003_e60a78d8c493597d.txt", scenario="ladts",
+                 methods=METHODS, experiments=EXPERIMENTS, full=full, quick=quick, convergence_point=DEFAULT.name,
+                 write_report=write_report)
