@@ -77,8 +77,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     row = train(args.algo, args.scenario, args.seed, args.out, _parse_overrides(args.set), args.episodes,
                 command=["aigc-offload", *sys.argv[1:]], progress=False if args.no_progress else None)
     if row:
-        print(f"trained {args.algo} to episode {row['episode'] + 1} in {args.out}: reward {row['reward']:.4g}, "
-              f"latency {row['latency_s']:.4g} s, completion {row['completion_rate']:.2%}")
+        shown = [f"reward {row['reward']:.4g}", f"latency {row['latency_s']:.4g} s"]
+        shown += [f"{name} {row[k]:.2%}" for k, name in (("completion_rate", "completion"), ("hit_rate", "hit rate"))
+                  if k in row]  # the scenario's own rates (EdgeAIGC has no deadlines, so no completion rate)
+        print(f"trained {args.algo} to episode {row['episode'] + 1} in {args.out}: {', '.join(shown)}")
     else:
         print(f"{args.out} already holds every requested episode; nothing to train")
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 from policies.errors import UnknownNameError
 
 PAPERS = {"mato": "policies.reproduce.mato", "aiecof": "policies.reproduce.aiecof", "gmel": "policies.reproduce.gmel",
-          "ladts": "policies.reproduce.ladts"}
+          "ladts": "policies.reproduce.ladts", "edgeaigc": "policies.reproduce.edgeaigc"}
 
 
 def get_paper(name: str):

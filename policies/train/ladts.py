@@ -458,7 +458,7 @@ class Agents:
     def dqn_update(self, b: dict[str, torch.Tensor], active: torch.Tensor, actor_step: bool = True) -> dict[str, float]:
         """One DQN-TS update of every active agent: target copy when the agent's update count is a
         multiple of 200 (before the update), y = r + gamma max_a Qt(s', a), MSE (spec 4.2)."""
-        cfg, A = self.cfg, self.A
+        cfg = self.cfg
         copy = active & (self.updates % cfg.dqn_target_every == 0)
         if bool(copy.any()):
             common.soft_update_agents(self.qnet_t, self.qnet, 1.0, copy)
@@ -515,7 +515,7 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
     if algo in ALGO_METHOD and cfg.method != ALGO_METHOD[algo]:
         raise UserError(f"algo '{algo}' is method '{ALGO_METHOD[algo]}'; do not --set method={cfg.method}")
     p = sim.preset
-    A, obs_dim, I = sim.B, sim.obs_dim(), cfg.denoising_steps
+    A, obs_dim = sim.B, sim.obs_dim()
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"algo": algo, "seed": seed, "scenario": sim.name, "preset_name": preset_name,
                 "preset": p.model_dump(mode="json"), "preset_hash": preset_hash(p), "config": dataclasses.asdict(cfg),
@@ -536,8 +536,10 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
     agents = Agents(cfg, A, obs_dim, p.slots_per_episode, p.tasks_max)
     widths = {"obs": obs_dim, "act": 1, "rew": 1, "next_obs": obs_dim}
     lad = cfg.method == "lad"
-    if lad:
-        widths.update(latent=A, next_latent=A) if not cfg.code_latent_alias else widths.update(latent_key=1, next_latent_key=1)
+    if lad and cfg.code_latent_alias:  # positions in the store, read when sampled
+        widths.update(latent_key=1, next_latent_key=1)
+    elif lad:
+        widths.update(latent=A, next_latent=A)
     pool = StationReplay(A, cfg.buffer_size, widths)
     start, decisions, updates = 0, 0, 0
     if ckpt is not None:
@@ -552,8 +554,8 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                                      "rng": common.rng_state(np_rng)})
 
     update = agents.dqn_update if cfg.method == "dqn" else agents.sac_update
-    fields = ["episode", "global_step", "updates", "reward", "completion_rate", "latency_s", "wait_s", "critic_loss", "actor_loss",
-              "entropy", "alpha", "episode_s", "episode_cpu_s"]
+    fields = ["episode", "global_step", "updates", "reward", "completion_rate", "latency_s", "wait_s", "critic_loss",
+              "actor_loss", "entropy", "alpha", "episode_s", "episode_cpu_s"]
     log = common.MetricsLog(out / common.METRICS, fields, start)
     row: dict = {}
     bar = tqdm(total=cfg.episodes, initial=start, desc=f"train {algo}", unit="ep", disable=progress is False,
@@ -611,9 +613,10 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                         updates += 1
             m = sim.episode_metrics()
             if lad and not bool(torch.isfinite(agents.latent).all()):
-                raise UserError("the latent store diverged (non-finite): the chain scales x_I by sqrt(1/lambdabar_I) "
-                                f"= {math.sqrt(1 / final_lambda_bar(cfg)):.3g}, so storing x_0 (latent_store=x0) grows geometrically; "
-                                "use latent_store=probs (the code)")
+                gain = math.sqrt(1 / final_lambda_bar(cfg))
+                raise UserError(f"the latent store diverged (non-finite): the chain scales x_I by "
+                                f"sqrt(1/lambdabar_I) = {gain:.3g}, so storing x_0 (latent_store=x0) grows "
+                                "geometrically; use latent_store=probs (the code)")
 
             def mean(key: str) -> float:
                 vals = [x[key] for x in stats if key in x]

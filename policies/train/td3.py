@@ -1,5 +1,5 @@
 """TD3 for EdgeAIGC (paper 004, Sec. 4.3-4.4, Alg. 1; spec docs/papers/edgeaigc.md section 5), and DDPG,
-the paper's learning baseline (spec 4.1), CleanRL style.
+the paper's learning baseline (spec 4.1), CleanRL style: read top to bottom.
 
 One agent (the cloud server's scheduler, Sec. 4.2) observes the eq. 19 state s(t) = {gamma, delta, Z,
 d_in, d_out} through the shared observation contract ``sim.observation(view)`` and outputs the eq. 20
@@ -7,11 +7,12 @@ action a(t) = {beta (E x M), alpha (E x U), L (E x U)} as E*M + 2EU tanh values.
 them to x = (a + 1) / 2 in [0, 1] and projects x onto the constraints (18b-18g) (spec 3.2: knapsack
 repair of the cache scores, association, masking and row scaling of the shares); the replay buffer
 stores the raw tanh action (spec 5). :class:`AllocationProjection` is that projection in torch ops
-(float64, bit-identical to ``policies.scenarios.edgeaigc.project_batch``), and :class:`DeployedPolicy`
-= actor + projection is one ``nn.Module`` from the observation to the feasible decision: the graph a
-gateway would export, and the one the trained run is evaluated with.
+(float64, identical to ``policies.scenarios.edgeaigc.project_batch``, always feasible), and
+:class:`DeployedPolicy` = actor + projection is one ``nn.Module`` from the observation row to the feasible
+decision (no sort, no Python-side state: it exports to ONNX as one graph); a trained run is evaluated
+through it, so the evaluated decisions are the exported graph's.
 
-TD3 (Fujimoto et al. 2018; paper Fig. 3: six networks):
+TD3 (Fujimoto et al. 2018; paper Fig. 3: six networks), :class:`Learner`:
 - two online critics Q_theta1, Q_theta2 and their targets, one online actor pi_Phi and its target;
 - critic target (eq. 24) y = r + h (1 - done) min_i Q'_i(s', pi'(s') + eps), eps ~ clip(N(0, 0.2), +-0.5)
   (target policy smoothing: standard TD3, not printed in eq. 24, flag ``target_smoothing``);
@@ -27,6 +28,14 @@ rest is [ours] (spec 5): MLP 256-256 ReLU, Adam, discount h = 0.9, tau = 0.005, 
 Min = 500 (uniform random actions until then), exploration N(0, 0.1) on the tanh output, one gradient
 step per environment step. The reward is r = -G/U (eq. 21) times the preset's ``reward_scale`` (1e-3);
 metrics.csv logs the unscaled episode reward sum_t r(t) (Figs. 4-5).
+
+Training choices of ours that our study found necessary (each a Config field; docs/papers/edgeaigc.md,
+"Training findings"): the critics read the *decision* the action projects to, per user (hit, shares) and
+per ES (storage), instead of the raw scores (a critic on the raw 80 scores does not learn the knapsack's
+rank dependence: held-out R^2 ~ 0 from 8,000 samples, vs 0.95); straight-through gradients through the
+knapsack's threshold and through the tanh, a penalty on the pre-activations; the episode end treated as a
+time limit (bootstrapped). With the paper's actor lr 1e-5 the actor is far from converged after 800
+episodes; ``aigc-offload reproduce edgeaigc`` trains its main comparison with ``lr_actor = 1e-3``.
 """
 
 from __future__ import annotations
@@ -80,8 +89,8 @@ class Config:
     # learns to rise in the states where it is asked for (through tanh' ~ 0 it would stay at -1 for ever)
     action_reg: float = 1e-2  # [ours] penalty on the actor's squared pre-tanh outputs, summed over the action and
     # averaged over the batch (openai/maddpg's p_reg): keeps the pre-activations bounded (at |dQ/da| / 2 reg)
-    critic_input: str = "decision"  # what the critics read besides s: "decision" = the projected eq. 20 action
-    # {beta (as -1/+1), alpha, L} with a straight-through gradient for beta (see decision_features); "raw" = the
+    critic_input: str = "decision"  # [ours] what the critics read besides s: "decision" = the projected eq. 20
+    # action as per-user and per-ES terms of G, straight-through for beta (see decision_features); "raw" = the
     # actor's pre-projection tanh scores (spec 5 literally). Study: docs/papers/edgeaigc.md, "Training findings"
     checkpoint_every: int = 50  # episodes
     torch_threads: int = 1  # small nets: extra threads only add overhead on 2 cores
@@ -143,7 +152,8 @@ class AllocationProjection(nn.Module):
     rows scaled down to sum <= 1 (18c, 18f); (4) L likewise over the hit users (18d, 18g).
 
     The per-instance constants (model sizes, storage, path gains, spec 1.4) are float64 buffers; every step
-    is a deterministic torch op in float64, so the result equals ``edgeaigc.project_batch`` exactly.
+    is a deterministic torch op in float64: the cache and the association equal ``edgeaigc.project_batch``'s,
+    the shares up to the summation order (1e-16).
     Returns (cache (B,E,M) bool, alpha (B,E,U), L (B,E,U) float64, association (B,U) int64).
     """
 
@@ -165,17 +175,26 @@ class AllocationProjection(nn.Module):
         return cls(view.model_size_gb, view.storage_gb, view.path_gain_db, association, share_floor)
 
     def knapsack(self, score: torch.Tensor) -> torch.Tensor:
-        """Step 1: greedy first fit in descending score (stable), no backtracking. (B,E,M) -> bool."""
-        order = torch.argsort(-score, dim=-1, stable=True)
-        remaining = self.storage_gb.expand(score.shape[0], self.E).clone()
+        """Step 1: greedy first fit in descending score, ties to the lower model index (a stable sort), no
+        backtracking. (B,E,M) -> bool. The order comes from pairwise comparisons, not a sort: rank_m = #{k:
+        s_k > s_m} + #{k < m: s_k = s_m}, and step k visits the model of rank k (only elementwise ops, so
+        the graph exports to ONNX, which has no stable sort)."""
+        M = self.M
+        gt = score.unsqueeze(-2) > score.unsqueeze(-1)  # [.., m, k]: s_k > s_m
+        eq = score.unsqueeze(-2) == score.unsqueeze(-1)
+        lower = torch.arange(M).view(1, M) < torch.arange(M).view(M, 1)  # [m, k]: k < m
+        rank = (gt | (eq & lower)).sum(dim=-1)  # (B,E,M), a permutation of 0..M-1 per (B,E)
+        remaining = self.storage_gb.expand(score.shape[:-1])
         cache = torch.zeros(score.shape, dtype=torch.bool)
-        for k in range(self.M):  # sequential by definition; unrolled, M steps
-            m = order[..., k]
-            s = score.gather(-1, m.unsqueeze(-1)).squeeze(-1)
-            size = self.size_gb[m]
-            take = (s > 0.5) & (size <= remaining + 1e-9)
-            remaining = remaining - torch.where(take, size, torch.zeros_like(size))
-            cache = cache.scatter(-1, m.unsqueeze(-1), take.unsqueeze(-1))
+        size = self.size_gb.expand(score.shape)
+        zero = torch.zeros_like(score)
+        for k in range(M):  # sequential by definition; unrolled, M steps
+            sel = rank == k  # one model per (B,E)
+            s = torch.where(sel, score, zero).sum(dim=-1)
+            sz = torch.where(sel, size, zero).sum(dim=-1)
+            take = (s > 0.5) & (sz <= remaining + 1e-9)
+            remaining = remaining - torch.where(take, sz, torch.zeros_like(sz))
+            cache = cache | (sel & take.unsqueeze(-1))
         return cache
 
     def forward(self, action: torch.Tensor, model: torch.Tensor):
@@ -218,6 +237,11 @@ def model_onehot_slice(sim) -> tuple[int, int]:
     raise ValueError("the observation layout has no model_onehot field")
 
 
+def requested_models(obs: torch.Tensor, onehot_start: int, U: int, M: int) -> torch.Tensor:
+    """(B, U) Z_i read back from the observation's one-hot block (spec 3.1)."""
+    return obs[:, onehot_start:onehot_start + U * M].reshape(-1, U, M).argmax(dim=-1)
+
+
 class DeployedPolicy(nn.Module):
     """Actor + projection, one graph: obs (B, obs_dim) float32 -> (cache, alpha, L, association).
 
@@ -233,11 +257,6 @@ class DeployedPolicy(nn.Module):
     def forward(self, obs: torch.Tensor):
         z = requested_models(obs, self.onehot_start, self.projection.U, self.projection.M)
         return self.projection(self.actor(obs), z)
-
-
-def requested_models(obs: torch.Tensor, onehot_start: int, U: int, M: int) -> torch.Tensor:
-    """(B, U) Z_i read back from the observation's one-hot block (spec 3.1)."""
-    return obs[:, onehot_start:onehot_start + U * M].reshape(-1, U, M).argmax(dim=-1)
 
 
 def decision_width(E: int, U: int, M: int) -> int:
@@ -283,6 +302,75 @@ def to_decision(out, b: int = 0):
     return AllocationDecision(cache[b].numpy().astype(bool), alpha[b].numpy(), comp[b].numpy(), assoc[b].numpy())
 
 
+# -- the learner (eqs. 22-27) -------------------------------------------------------------------------
+class Learner:
+    """The six networks of Fig. 3, their optimisers and one update (critic step; delayed actor and target steps).
+
+    ``proj`` (the instance's :class:`AllocationProjection`) turns actions into the critics' decision features
+    (``critic_input = "decision"``); with ``proj = None`` the critics read the raw action (``"raw"``)."""
+
+    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, crit_dim: int, proj: AllocationProjection | None,
+                 onehot_start: int):
+        self.cfg, self.proj, self.onehot_start = cfg, proj, onehot_start
+        self.actor, self.actor_t = Actor(obs_dim, act_dim, cfg.hidden), Actor(obs_dim, act_dim, cfg.hidden)
+        self.critics = make_critics(obs_dim, crit_dim, cfg.hidden, cfg.twin_critics)
+        self.critics_t = make_critics(obs_dim, crit_dim, cfg.hidden, cfg.twin_critics)
+        self.actor_t.load_state_dict(self.actor.state_dict())
+        self.critics_t.load_state_dict(self.critics.state_dict())
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr_actor)
+        self.critic_opt = torch.optim.Adam(self.critics.parameters(), lr=cfg.lr_critic)
+        self.n_updates = 0
+
+    MODULES = ("actor", "critics", "actor_t", "critics_t", "actor_opt", "critic_opt")
+
+    def state_dict(self) -> dict:
+        return {**{k: getattr(self, k).state_dict() for k in self.MODULES}, "n_updates": self.n_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self.MODULES:
+            getattr(self, k).load_state_dict(state[k])
+        self.n_updates = int(state["n_updates"])
+
+    def critic_action(self, act: torch.Tensor, obs: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+        """What the critics read besides s: the decision features of ``act`` (or ``act`` itself, ``raw``)."""
+        if self.proj is None:
+            return act
+        return decision_features(self.proj, act, obs, self.onehot_start, straight_through)
+
+    def update(self, b: dict[str, torch.Tensor]) -> tuple[float, float | None, float]:
+        """One critic step (eqs. 24-26) and, every ``policy_delay`` critic steps, one actor step (eq. 22) and
+        the soft target updates (eqs. 23, 27). ``b``: obs, crit_act (the stored action's critic input), rew,
+        next_obs, done. Returns (critic loss per critic, actor loss or None, mean Q)."""
+        cfg = self.cfg
+        with torch.no_grad():  # eq. 24 with TD3's target policy smoothing
+            a2 = target_action(self.actor_t, b["next_obs"], cfg.target_smoothing, cfg.target_noise,
+                               cfg.target_noise_clip)
+            y = td_target(self.critics_t, b["next_obs"], self.critic_action(a2, b["next_obs"]), b["rew"], b["done"],
+                          cfg.gamma)
+        q = critic_values(self.critics, b["obs"], b["crit_act"])  # (C, B): the stored action ([fix] eq. 25)
+        critic_loss = (q - y.unsqueeze(0)).pow(2).mean(dim=1).sum()  # eq. 26 per critic, summed
+        self.critic_opt.zero_grad()
+        critic_loss.backward()
+        self.critic_opt.step()
+        self.n_updates += 1
+        actor_loss = None
+        if self.n_updates % cfg.policy_delay == 0:  # delayed policy update
+            act, pre = self.actor(b["obs"], return_pre=True)
+            if cfg.tanh_straight_through:
+                act = act + (pre - pre.detach())
+            feats = self.critic_action(act, b["obs"], straight_through=True)
+            loss = -critic_values(self.critics, b["obs"], feats)[0].mean()  # eq. 22: ascend Q_theta1
+            if cfg.action_reg > 0:
+                loss = loss + cfg.action_reg * pre.pow(2).sum(dim=-1).mean()
+            self.actor_opt.zero_grad()
+            loss.backward()
+            self.actor_opt.step()
+            common.soft_update(self.actor_t, self.actor, cfg.tau)  # eq. 23
+            common.soft_update(self.critics_t, self.critics, cfg.tau)  # eq. 27
+            actor_loss = loss.item()
+        return critic_loss.item() / q.shape[0], actor_loss, q.mean().item()
+
+
 # -- training ------------------------------------------------------------------------------------
 def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, command: list[str],
           progress: bool | None = None) -> dict:
@@ -296,11 +384,12 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
     if cfg.critic_input == "decision" and sim.preset.resample_topology_each_episode:
         raise UserError("critic_input=decision projects stored actions with the instance's storage and positions; "
                         "it needs resample_topology_each_episode=false (or use critic_input=raw)")
-    T = sim.T
-    obs_dim, act_dim = sim.obs_dim(), sim.preset.action_dim
+    p, T = sim.preset, sim.T
+    obs_dim, act_dim = sim.obs_dim(), p.action_dim
+    crit_dim = act_dim if cfg.critic_input == "raw" else decision_width(p.num_edges, p.num_users, p.num_models)
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"algo": algo, "seed": seed, "scenario": sim.name, "preset_name": preset_name,
-                "preset": sim.preset.model_dump(mode="json"), "preset_hash": preset_hash(sim.preset),
+                "preset": p.model_dump(mode="json"), "preset_hash": preset_hash(p),
                 "config": dataclasses.asdict(cfg), "command": command, "obs_dim": obs_dim, "act_dim": act_dim}
     ckpt = common.load_checkpoint(out)
     if ckpt is not None:
@@ -314,72 +403,25 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
 
     common.seed_everything(seed)
     torch.set_num_threads(cfg.torch_threads)
-    np_rng = np.random.default_rng(seed)  # replay sampling and the warm-up's random actions
-    actor, actor_t = Actor(obs_dim, act_dim, cfg.hidden), Actor(obs_dim, act_dim, cfg.hidden)
-    p = sim.preset
-    crit_dim = act_dim if cfg.critic_input == "raw" else decision_width(p.num_edges, p.num_users, p.num_models)
-    critics = make_critics(obs_dim, crit_dim, cfg.hidden, cfg.twin_critics)
-    critics_t = make_critics(obs_dim, crit_dim, cfg.hidden, cfg.twin_critics)
-    onehot = model_onehot_slice(sim)[0]
+    np_rng = np.random.default_rng(seed)  # replay sampling, the warm-up's random actions, exploration noise
     proj = None
     if cfg.critic_input == "decision":  # the instance's constants (fixed topology, spec 1.4)
         sim.reset(sim.generate_workload(episode_rng(seed, 0, TRAIN_WORKLOAD_STREAM), 0))
-        proj = AllocationProjection.from_view(sim.view(), sim.preset.association, sim.preset.share_floor)
-
-    def critic_action(act: torch.Tensor, obs: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
-        return act if proj is None else decision_features(proj, act, obs, onehot, straight_through)
-
-    actor_t.load_state_dict(actor.state_dict())
-    critics_t.load_state_dict(critics.state_dict())
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.lr_actor)
-    critic_opt = torch.optim.Adam(critics.parameters(), lr=cfg.lr_critic)
+        proj = AllocationProjection.from_view(sim.view(), p.association, p.share_floor)
+    learner = Learner(cfg, obs_dim, act_dim, crit_dim, proj, model_onehot_slice(sim)[0])
     buffer = common.ReplayBuffer(cfg.buffer_size, {"obs": (obs_dim,), "act": (act_dim,), "rew": (),
                                                    "next_obs": (obs_dim,), "done": (), "crit_act": (crit_dim,)})
-    start, global_step, n_updates = 0, 0, 0
+    start, global_step = 0, 0
     if ckpt is not None:
-        for mod, key in ((actor, "actor"), (critics, "critic"), (actor_t, "actor_target"),
-                         (critics_t, "critic_target"), (actor_opt, "actor_opt"), (critic_opt, "critic_opt")):
-            mod.load_state_dict(ckpt[key])
+        learner.load_state_dict(ckpt["learner"])
         buffer.load_state_dict(ckpt["buffer"])
         common.set_rng_state(ckpt["rng"], np_rng)
-        start, global_step, n_updates = int(ckpt["episode"]), int(ckpt["global_step"]), int(ckpt["n_updates"])
+        start, global_step = int(ckpt["episode"]), int(ckpt["global_step"])
 
     def checkpoint(episode: int) -> None:
-        common.save_checkpoint(out, {
-            "resolved": resolved, "episode": episode, "global_step": global_step, "n_updates": n_updates,
-            "actor": actor.state_dict(), "critic": critics.state_dict(), "actor_target": actor_t.state_dict(),
-            "critic_target": critics_t.state_dict(), "actor_opt": actor_opt.state_dict(),
-            "critic_opt": critic_opt.state_dict(), "buffer": buffer.state_dict(), "rng": common.rng_state(np_rng)})
-
-    def update() -> tuple[float, float | None, float]:
-        """One critic step (eqs. 24-26) and, every ``policy_delay`` steps, an actor step (eq. 22) and the
-        soft target updates (eqs. 23, 27). Returns (critic loss, actor loss or None, mean Q)."""
-        nonlocal n_updates
-        b = buffer.sample(np_rng, cfg.batch_size)
-        with torch.no_grad():
-            a2 = target_action(actor_t, b["next_obs"], cfg.target_smoothing, cfg.target_noise, cfg.target_noise_clip)
-            y = td_target(critics_t, b["next_obs"], critic_action(a2, b["next_obs"]), b["rew"], b["done"], cfg.gamma)
-        q = critic_values(critics, b["obs"], b["crit_act"])  # (C, B), stored actions ([fix] eq. 25)
-        critic_loss = (q - y.unsqueeze(0)).pow(2).mean(dim=1).sum()  # eq. 26 per critic, summed
-        critic_opt.zero_grad()
-        critic_loss.backward()
-        critic_opt.step()
-        n_updates += 1
-        actor_loss = None
-        if n_updates % cfg.policy_delay == 0:
-            act, pre = actor(b["obs"], return_pre=True)
-            if cfg.tanh_straight_through:
-                act = act + (pre - pre.detach())
-            loss = -critic_values(critics, b["obs"], critic_action(act, b["obs"], straight_through=True))[0].mean()
-            if cfg.action_reg > 0:  # eq. 22 ascends Q_theta1; plus the pre-activation penalty
-                loss = loss + cfg.action_reg * pre.pow(2).sum(dim=-1).mean()
-            actor_opt.zero_grad()
-            loss.backward()
-            actor_opt.step()
-            common.soft_update(actor_t, actor, cfg.tau)
-            common.soft_update(critics_t, critics, cfg.tau)
-            actor_loss = loss.item()
-        return critic_loss.item() / q.shape[0], actor_loss, q.mean().item()
+        common.save_checkpoint(out, {"resolved": resolved, "episode": episode, "global_step": global_step,
+                                     "learner": learner.state_dict(), "actor": learner.actor.state_dict(),
+                                     "buffer": buffer.state_dict(), "rng": common.rng_state(np_rng)})
 
     fields = ["episode", "global_step", "reward", "objective", "hit_rate", "latency_s", "cost", "storage_cost",
               "critic_loss", "actor_loss", "q_mean", "noise", "episode_s"]
@@ -399,18 +441,14 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                     a = np_rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
                 else:  # line 4, plus Gaussian exploration on the tanh output
                     with torch.no_grad():
-                        a = actor(torch.from_numpy(obs).unsqueeze(0))[0].numpy()
+                        a = learner.actor(torch.from_numpy(obs).unsqueeze(0))[0].numpy()
                     a = np.clip(a + cfg.exploration_noise * np_rng.standard_normal(act_dim), -1.0, 1.0)
                     a = a.astype(np.float32)
                 # line 5: the environment projects x = (a + 1) / 2 (spec 3.2), as EdgeAigcEnv.step
-                dec = sim.project(sim.view(), (a.astype(np.float64) + 1.0) / 2.0)
-                sim.step(dec)
-                if proj is None:
-                    crit_act = a
-                else:  # the same decision as the env's (the projections agree exactly), as critic features
-                    with torch.no_grad():
-                        crit_act = critic_action(torch.from_numpy(a)[None], torch.from_numpy(obs)[None])[0].numpy()
-                rew = sim.slot_reward(t) * sim.preset.reward_scale
+                sim.step(sim.project(sim.view(), (a.astype(np.float64) + 1.0) / 2.0))
+                with torch.no_grad():  # the same decision as the env's (the projections agree exactly)
+                    crit_act = learner.critic_action(torch.from_numpy(a)[None], torch.from_numpy(obs)[None])[0].numpy()
+                rew = sim.slot_reward(t) * p.reward_scale
                 if sim.done:  # the episode ends after T slots (spec 1.10): a time limit (bootstrap_at_limit)
                     done, next_obs = not cfg.bootstrap_at_limit, obs
                 else:
@@ -420,7 +458,7 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                 global_step += 1
                 if len(buffer) > cfg.learning_starts:  # lines 7-8
                     for _ in range(cfg.updates_per_step):
-                        stats.append(update())
+                        stats.append(learner.update(buffer.sample(np_rng, cfg.batch_size)))
             m = sim.episode_metrics()
             a_losses = [x[1] for x in stats if x[1] is not None]
             row = {"episode": episode, "global_step": global_step, "reward": m["reward"], "objective": m["objective"],
@@ -475,10 +513,13 @@ class TrainedPolicy(Policy):
 
 
 def load_policy(name: str, run_dir: Path, sim, resolved: dict, ckpt: dict) -> TrainedPolicy:
-    if sim.name != resolved["scenario"] or sim.obs_dim() != resolved["obs_dim"] or \
-            sim.preset.action_dim != resolved["act_dim"]:
-        p = resolved["preset"]
-        raise UserError(f"run '{run_dir}' was trained on {resolved['scenario']} with {p.get('num_users')} users, "
-                        f"{p.get('num_edges')} ES and {p.get('num_models')} models (obs {resolved['obs_dim']}, action "
-                        f"{resolved['act_dim']}); it cannot act in scenario '{sim.name}' with obs {sim.obs_dim()}")
+    if sim.name != resolved["scenario"]:
+        raise UserError(f"run '{run_dir}' was trained on scenario '{resolved['scenario']}'; it cannot act in "
+                        f"scenario '{sim.name}'")
+    if sim.obs_dim() != resolved["obs_dim"] or sim.preset.action_dim != resolved["act_dim"]:
+        p, q = resolved["preset"], sim.preset
+        raise UserError(f"run '{run_dir}' was trained with {p['num_users']} users, {p['num_edges']} ES, "
+                        f"{p['num_models']} models and obs '{p['obs']}' (observation {resolved['obs_dim']}, action "
+                        f"{resolved['act_dim']}); this preset has {q.num_users} users, {q.num_edges} ES, "
+                        f"{q.num_models} models and obs '{q.obs}' (observation {sim.obs_dim()}, action {q.action_dim})")
     return TrainedPolicy(name, sim, resolved, ckpt["actor"])

@@ -24,7 +24,10 @@ import uuid
 from pathlib import Path
 
 from .deployment import Deployment, draw_plant, node_specs
-from .runner import Graph, GatewayReadiness, die_with_parent
+from .runner import Graph, GatewayReadiness, IngressReadiness, die_with_parent
+
+#: how long the main job waits for the OPC UA ingress to reach every controller before its clock starts [s]
+CONTROLLERS_WAIT_S = 90.0
 
 
 def _free_port() -> int:
@@ -198,14 +201,20 @@ def _watch(run: PlantRun, duration_s, max_tasks, record, report_path, out, progr
                 REQUEST_TOPIC: TaskRequest, DECISION_TOPIC: Decision, EXECUTION_RESULT_TOPIC: TaskResult,
                 RESULT_TOPIC: TaskResult, STATUS_TOPIC: EdgeServerStatus, "/diagnostics": DiagnosticArray})
         ready = GatewayReadiness(node, len(plant.edges))
+        ingress = IngressReadiness(node, len(run.ctrl)) if run.ctrl else None
         threading.Thread(target=ex.spin, daemon=True).start()  # after every entity is created
         if not ready.wait(120.0):
             failed = graph.failed()
             why = "; ".join(f"{p.spec.name} exited {p.returncode}" for p in failed) or "no diagnostics"
             print(f"factory: the graph did not come up ({why}); logs in {workdir}", file=sys.stderr)
             return 1
-        # The cameras start once the bridge is up (the controllers queue their requests until the
-        # ingress connects, so they may start first).
+        # The clock starts once the ingress has connected to every controller (their requests wait
+        # in the device until then; on a busy machine the secure sessions take seconds to open).
+        if ingress is not None and not ingress.wait(CONTROLLERS_WAIT_S):
+            print(f"factory: warning: the OPC UA ingress connected {ingress.connected or '0/' + str(len(run.ctrl))} "
+                  f"controllers within {CONTROLLERS_WAIT_S:g} s; starting anyway (it keeps reconnecting)",
+                  file=sys.stderr, flush=True)
+        # The cameras start once the bridge is up.
         if cams:
             run.start_camera_process()
         print("factory: graph up; devices asking for tasks", file=out, flush=True)

@@ -338,7 +338,7 @@ def run_hil_devices(dep, *, slots: int, seed: int, controllers: int, cameras: in
 
     from .deployment import DECISION_TOPIC, RESULT_TOPIC
     from .factory_job import PlantRun
-    from .runner import GatewayReadiness
+    from .runner import GatewayReadiness, IngressReadiness
 
     out = out or sys.stdout
     run = PlantRun(dep, controllers, cameras, Path(workdir), device_source="none", extra_clients=("plc",))
@@ -379,6 +379,7 @@ def run_hil_devices(dep, *, slots: int, seed: int, controllers: int, cameras: in
         node.create_subscription(Decision, DECISION_TOPIC, on_decision, 1000)
         node.create_subscription(TaskResult, RESULT_TOPIC, on_result, 1000)
         ready = GatewayReadiness(node, len(run.plant.edges))
+        ingress = IngressReadiness(node, len(run.ctrl)) if run.ctrl else None
         threading.Thread(target=ex.spin, daemon=True).start()
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -397,7 +398,10 @@ def run_hil_devices(dep, *, slots: int, seed: int, controllers: int, cameras: in
                                  executor=True, device_cpu_ghz=d.cpu_ghz, preset=dep.preset)
                 c.start()
                 cams[d.device_id] = c
-            time.sleep(2.0)  # let the ingress and the bridge finish (re)subscribing
+            if ingress is not None and not ingress.wait(180.0):
+                raise RuntimeError(f"the OPC UA ingress reached {ingress.connected or 'none'} of the controllers: "
+                                   + run.graph.tail("opcua_ingress"))
+            time.sleep(2.0)  # let the bridge finish (re)subscribing
             print(f"hil: playing {len(tasks)} tasks of {slots} slots through {len(run.ctrl)} OPC UA controllers "
                   f"and {len(run.cams)} MQTT cameras", file=out, flush=True)
             start = time.time() + 0.5

@@ -127,6 +127,34 @@ class GatewayReadiness:
         return self._ready.wait(timeout_s)
 
 
+class IngressReadiness:
+    """Watches the OPC UA ingress's diagnostics until every device server it serves is connected
+    (``endpoints_connected`` = ``n/n``). Create it before the node's executor spins, like
+    :class:`GatewayReadiness`; ``connected`` is the last value seen ("" before the first)."""
+
+    def __init__(self, node, num_endpoints: int):
+        import threading as _th
+
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self._ready = _th.Event()
+        self.connected = ""
+        want = f"{num_endpoints}/{num_endpoints}"
+
+        def on_diag(msg: DiagnosticArray) -> None:
+            for st in msg.status:
+                for v in st.values:
+                    if v.key == "endpoints_connected":
+                        self.connected = v.value
+                        if v.value == want:
+                            self._ready.set()
+
+        self._sub = node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._ready.wait(timeout_s)
+
+
 def probe(plant, count: int, timeout_s: float, deadline_s: float | None = None) -> dict:
     """Send ``count`` requests from the plant's devices through the graph and time every hop."""
     import numpy as np
