@@ -535,16 +535,18 @@ def write_report(results: dict, out: Path) -> None:
     if st["reduced"]:
         L.append("**Reduced run** (the full run is `aigc-offload reproduce aiecof`: 3 seeds, 200 episodes per run, all "
                  "points, 10 evaluation episodes per seed): " + "; ".join(st["reduced"]) + ".\n")
-    L.append(f"Settings: {st['seeds']} seed(s) per trained method and point, {st['episodes']} training episodes per run "
-             f"(100 slots each), evaluation {st['eval_episodes']} episodes per seed on common workloads (seed 1000+k): "
-             "TOPPO, AC and A2C act by sampling their policy (Algorithm 1 line 8; reproducible policy RNG), the DQN "
-             "family greedily (argmax Q); algorithm overrides {st['algo_overrides'] or 'none'} over the defaults (spec 4-5: "
-             "TOPPO lr 1e-3/1e-3, batch 64, gamma 0.9, GAE 0.95, clip 0.2, LSTM 64 + FC 128-128; baselines MLP "
-             "128-128, gamma 0.9, lr 1e-3). Every learner trains on eq. 30's per-device reward r_m,t with the "
-             "preset's weights (0.25 each) unless an override says otherwise.\n")
-    L.append(f"Wall time of this invocation: {w['total']:.0f} s ({w['total'] / 60:.1f} min) on {results['machine']['cpus']} "
-             f"shared cores: {w['trained_now']} runs trained or resumed now, {w['reused']} reused; training "
-             f"{w['training']:.0f} s, evaluation {w['evaluation']:.0f} s, extra studies {w.get('extra', 0):.0f} s.\n")
+    slots = st["preset_overrides"].get("slots_per_episode", 100)
+    L.append(f"Settings: {st['seeds']} seed(s) per trained method and point, {st['episodes']} training episodes per "
+             f"run ({slots} slots each), evaluation {st['eval_episodes']} episodes per seed on common workloads (seed "
+             "1000+k): TOPPO, AC and A2C act by sampling their policy (Algorithm 1 line 8; reproducible policy RNG), "
+             f"the DQN family greedily (argmax Q); algorithm overrides {st['algo_overrides'] or 'none'} over the "
+             "defaults (spec 4-5: TOPPO lr 1e-3/1e-3, batch 64, gamma 0.9, GAE 0.95, clip 0.2, LSTM 64 + FC "
+             "128-128; baselines MLP 128-128, gamma 0.9, lr 1e-3). Every learner trains on eq. 30's per-device "
+             "reward r_m,t with the preset's weights (0.25 each) unless an override says otherwise.\n")
+    L.append(f"Wall time of this invocation: {w['total']:.0f} s ({w['total'] / 60:.1f} min) on "
+             f"{results['machine']['cpus']} shared cores: {w['trained_now']} runs trained or resumed now, "
+             f"{w['reused']} reused; training {w['training']:.0f} s, evaluation {w['evaluation']:.0f} s, extra "
+             f"studies {w.get('extra', 0):.0f} s.\n")
     inv = results.get("invocations", [])
     if inv:
         L.append("Invocations on this runs directory (UTC start, elapsed, runs trained):\n")
@@ -555,6 +557,20 @@ def write_report(results: dict, out: Path) -> None:
         L.append(f"Training compute of the method x point runs: {results['training_compute_s']:.0f} s "
                  f"({results['training_compute_s'] / 3600:.2f} h).\n")
 
+    t4 = results["experiments"].get("table4")
+    if t4:
+        r = t4["points"]["30"]["methods"]
+        paper_m = [k for k, v in results["methods"].items() if v["in_paper"] and k in r]
+        best = max(paper_m, key=lambda k: r[k]["reward"]["mean"])
+        L.append("## Summary\n")
+        share = {k: 100 * r[k]["local_share"]["mean"] for k in ("toppo", "aiecof_ac", "aiecof_a2c", "aiecof_dqn")}
+        L.append(f"At M = 30 the best of the paper's nine methods by eq. 30's reward is {labels[best]} "
+                 f"({r[best]['reward']['mean']:.1f}); TOPPO reaches {r['toppo']['reward']['mean']:.1f} and runs "
+                 f"{share['toppo']:.1f}% of its tasks locally (AC {share['aiecof_ac']:.1f}%, "
+                 f"A2C {share['aiecof_a2c']:.1f}%, DQN {share['aiecof_dqn']:.1f}%); "
+                 f"the reference Greedy of ours reaches {r['greedy']['reward']['mean']:.1f} and All-local "
+                 f"{r['local']['reward']['mean']:.1f}. See 'Does the paper's ordering hold?' and the reward landscape "
+                 "below for why.\n")
     L.append("## Headline: ours vs the paper\n")
     L.append("| what | ours | paper | paper's reference |\n|---|---|---|---|")
     for r in rows:
@@ -604,7 +620,8 @@ def write_report(results: dict, out: Path) -> None:
         if "fig5_convergence.png" in figs:
             L.append("![Fig. 5](fig5_convergence.png)\n")
         L.append("Training episodes (sampled actions, epsilon-greedy for the DQN family), team return of eq. 30.\n")
-        L.append("| method | final training reward (last 10%, smoothed) | best smoothed | first episode within 5% of final |")
+        L.append("| method | final training reward (last 10%, smoothed) | best smoothed | "
+                 "first episode within 5% of final |")
         L.append("|---|---|---|---|")
         for k, c in conv.items():
             e = _converged_episode(c)

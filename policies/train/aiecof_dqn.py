@@ -99,7 +99,6 @@ def epsilon(cfg: Config, episode: int) -> float:
 def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, command: list[str],
           progress: bool | None = None) -> dict:
     """Train (or resume) into ``out``; returns the last episode's metrics row."""
-    T = sim.T
     obs_dim, n_act = sim.obs_dim(), sim.N + 1
     resolved, ckpt = common.start_run(algo, sim, preset_name, cfg, seed, out, command, obs_dim=obs_dim,
                                       act_dim=n_act, num_agents=sim.M)

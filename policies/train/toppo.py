@@ -32,7 +32,6 @@ the paper's objective, eq. 26).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
