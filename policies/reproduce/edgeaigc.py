@@ -30,7 +30,7 @@ METHODS = (
     Method("ga", "GCRAS (GA)", trained=False),
     Method("greedy", "PopGreedy (ours)", trained=False, in_paper=False),
     Method("random", "Random (ours)", trained=False, in_paper=False),
-    Method("opt", "Per-slot reference (ours)", trained=False, in_paper=False),
+    Method("opt", "Opt (ours, per slot)", trained=False, in_paper=False),
 )
 BASELINES = ("ddpg", "pso", "ga")  # the paper's comparison set (Fig. 6)
 U_VALUES = (10, 20, 30, 40, 50)  # the paper does not print its grid (spec 6)
@@ -277,8 +277,8 @@ def _figures(results: dict, out: Path) -> list[str]:
                 sd = [users["points"][x]["methods"][k][metric]["std"] for x in xs]
                 ser.append(Series(meta["label"], [float(x) for x in xs], ys, sd))
             fig = "Fig. 6" if metric == "hit_rate" else "Fig. 7"
-            figure(out / fname, [Panel(f"{fig}: {name} vs users", "users U", ylabel, ser, kind="bar", categories=xs)],
-                   panel_w=720, panel_h=420)
+            figure(out / fname, [Panel(f"{fig}: {name} vs users (mean +- std over seeds)", "users U", ylabel, ser)],
+                   panel_w=900, panel_h=460)
             files.append(fname)
     return files
 
