@@ -81,7 +81,10 @@ class IngressSettings:
     backoff_min_s: float = 0.5  # first reconnect delay
     backoff_max_s: float = 16.0  # reconnect delay cap
     request_timeout_s: float = 4.0  # one OPC UA request (connect steps, method calls)
-    watchdog_s: float = 1.0  # how often asyncua probes an idle connection
+    # how often asyncua probes an idle connection, and how long the probe may take (asyncua uses one value for
+    # both): 1 s declared a busy server dead and dropped its session mid-burst; a restarted server closes
+    # the socket, which is seen at once whatever this is
+    watchdog_s: float = 5.0
     publish_interval_ms: float = 0.0  # subscription publishing interval; 0: the device publishes each event at once
     delivery_timeout_s: float = 30.0  # a decision/result waits at most this long for its device
     queue_size: int = 10_000  # requests held for get_request()/on_request

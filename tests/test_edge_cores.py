@@ -312,6 +312,8 @@ def test_backlog_is_the_sum_of_work_over_cpu_and_next_task_is_fifo():
     assert core.backlog_s() == pytest.approx(3.5)
     core.finish(t, "done", 1.0)
     assert [core.next_task(0.01).task_id for _ in range(2)] == ["t2", "t3"]
+    clock.t = 1e4  # the running t3 is overdue and the queue is empty: exactly nothing left (no rounding residue)
+    assert core.backlog_s() == 0.0
     assert core.next_task(0.01) is None  # empty queue: timeout, None
 
 

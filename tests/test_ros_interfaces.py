@@ -278,3 +278,36 @@ def test_task_request_and_fetch_model_chunk_between_processes(tmp_path):
                 p.communicate(timeout=5)
             except Exception:  # noqa: BLE001 - best effort cleanup
                 pass
+
+
+def test_origin_filter_gives_an_ingress_only_its_own_decisions():
+    """The bridge and the OPC UA ingress subscribe to /aigc/decision and /aigc/task_result through
+    ``origin_filter``: DDS delivers them their own protocol's messages and origin-less ones, and
+    nothing of the other ingress (which each used to deserialize and drop in Python)."""
+    from test_edge_stack import RosHarness
+
+    from aigc_offload.messages import origin_filter
+    from aigc_offload_interfaces.msg import Decision
+
+    ros = RosHarness(random.randint(100, 230))
+    try:
+        got: dict[str, list[str]] = {"mqtt:": [], "opcua:": []}
+        subs = [ros.node.create_subscription(Decision, "/test_origin_filter", lambda m, k=k: got[k].append(m.task_id),
+                                             100, content_filter_options=origin_filter(k)) for k in got]
+        assert all(s.is_cft_enabled for s in subs), "Fast DDS should filter by content"
+        pub = ros.node.create_publisher(Decision, "/test_origin_filter", 100)
+        deadline = time.monotonic() + 10
+        while pub.get_subscription_count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sent = {"m1": "mqtt:acme/plant/line1/cam01", "o1": "opcua:opc.tcp://127.0.0.1:4840/aigc/", "n1": "",
+                "m2": "mqtt:acme/plant/line2/cam02", "x1": "modbus:whatever"}
+        for task_id, origin in sent.items():
+            pub.publish(Decision(task_id=task_id, origin=origin))
+        deadline = time.monotonic() + 10
+        while (len(got["mqtt:"]) < 3 or len(got["opcua:"]) < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # anything wrongly delivered arrives in this time too
+        assert sorted(got["mqtt:"]) == ["m1", "m2", "n1"]
+        assert sorted(got["opcua:"]) == ["n1", "o1"]
+    finally:
+        ros.close()

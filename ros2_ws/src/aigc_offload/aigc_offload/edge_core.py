@@ -141,6 +141,9 @@ class EdgeServerCore:
         self.clock = clock or time.time
         self.peers: dict[str, PeerStatus] = {}
         self.queue: deque[EdgeTask] = deque()
+        # sum of the queued tasks' W / f, s: kept as tasks enter and leave the queue, because summing
+        # the queue at every admission was quadratic in its length (half of a busy server's CPU)
+        self._queued_s = 0.0
         self.running: EdgeTask | None = None
         self.running_until_s = 0.0
         self.downloading: set[str] = set()
@@ -156,7 +159,7 @@ class EdgeServerCore:
         now = self.clock() if now is None else now
         with self.lock:
             rest = max(self.running_until_s - now, 0.0) if self.running is not None else 0.0
-            return rest + float(sum(compute_delay_s(t.work_cycles, self.cpu_hz) for t in self.queue))
+            return rest + self._queued_s
 
     def peer_finish_s(self, peer: PeerStatus, task: EdgeTask, now: float) -> float:
         """Estimated finish at a peer from its last status (the simulator's forwarding rule)."""
@@ -205,6 +208,7 @@ class EdgeServerCore:
                 action = "download"
             self.cache.pin(task.model_name)
             self.queue.append(task)
+            self._queued_s += float(compute_delay_s(task.work_cycles, self.cpu_hz))
             self.counters["accepted"] += 1
             self.counters["hits"] += int(hit)
             self.lock.notify_all()
@@ -244,6 +248,8 @@ class EdgeServerCore:
             if not self.queue:
                 return None
             task = self.queue.popleft()
+            # reset when empty so float rounding cannot accumulate over a long run
+            self._queued_s = self._queued_s - float(compute_delay_s(task.work_cycles, self.cpu_hz)) if self.queue else 0.0
             self.running = task
             self.running_until_s = self.clock() + float(compute_delay_s(task.work_cycles, self.cpu_hz))
             return task

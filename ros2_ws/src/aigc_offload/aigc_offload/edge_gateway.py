@@ -333,13 +333,13 @@ class EdgeGateway(Autostart, LifecycleNode):
             self._reject(msg, str(exc))
             return
         self._decision_pub.publish(Decision(
-            task_id=msg.task_id, target_kind=gd.target_kind, target_index=gd.target_index,
+            task_id=msg.task_id, origin=msg.origin, target_kind=gd.target_kind, target_index=gd.target_index,
             target_id=gd.target_id if gd.target_kind == TARGET_EDGE else "", offload_share=gd.share,
             download_model=gd.download, model_name=msg.model_name, policy_name=core.policy_name,
             decision_latency_us=gd.decision_us, decided_at=to_time(time.time())))
         if gd.target_kind in (TARGET_EDGE, TARGET_CLOUD):
             delay = core.upload_delay_s(gd, req) if self.get_parameter("emulate_uplink").value else 0.0
-            dec = Decision(task_id=msg.task_id, target_kind=gd.target_kind, target_index=gd.target_index,
+            dec = Decision(task_id=msg.task_id, origin=msg.origin, target_kind=gd.target_kind, target_index=gd.target_index,
                            target_id=gd.target_id, offload_share=gd.share, download_model=gd.download,
                            model_name=msg.model_name, policy_name=core.policy_name)
             self._hand_offs.schedule(delay, SubmitTask.Request(task=msg, decision=dec, hops=0), gd.target_id)

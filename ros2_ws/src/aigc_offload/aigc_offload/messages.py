@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 from builtin_interfaces.msg import Time
+from rclpy.subscription_content_filter_options import ContentFilterOptions
 
 from aigc_offload_interfaces.msg import Decision, TaskRequest, TaskResult
 
@@ -13,6 +14,19 @@ from .edge_core import KIND_IMAGE, KIND_REPORT, EdgeTask
 
 STATE_NAMES = {TaskResult.DONE: "done", TaskResult.REJECTED: "rejected", TaskResult.FAILED: "failed",
                TaskResult.DEADLINE_MISSED: "deadline_missed"}
+
+
+def origin_filter(prefix: str) -> ContentFilterOptions:
+    """A DDS content filter for an ingress's share of ``/aigc/decision`` and ``/aigc/task_result``:
+    messages whose ``origin`` starts with ``prefix`` ("mqtt:", "opcua:"), and messages without an
+    origin (a publisher that does not set it; the ingress's own task memory sorts those out).
+
+    Why: every ingress used to receive, deserialize and drop every other ingress's decisions and
+    results in Python, ~0.3 ms of CPU per foreign task. Fast DDS evaluates the filter below the
+    Python layer; on an RMW without content filtering the subscription silently gets everything and
+    the ingress's own origin check still applies."""
+    return ContentFilterOptions(filter_expression="origin LIKE %0 OR origin = %1",
+                                expression_parameters=[f"'{prefix}%'", "''"])
 
 
 def to_time(t_s: float) -> Time:

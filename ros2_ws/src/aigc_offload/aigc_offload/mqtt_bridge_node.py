@@ -63,7 +63,7 @@ from aigc_offload_interfaces.msg import Decision, TaskRequest, TaskResult
 
 from .lifecycle_main import Autostart, run_node
 from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
-from .messages import from_time, result_msg, to_time
+from .messages import from_time, origin_filter, result_msg, to_time
 
 NODE_NAME = "mqtt_bridge"
 
@@ -229,8 +229,11 @@ class MqttBridgeNode(Autostart, LifecycleNode):
                 return TransitionCallbackReturn.FAILURE
         self._req_pub = self.create_lifecycle_publisher(TaskRequest, REQUEST_TOPIC, TASK_QUEUE_DEPTH)
         self._exec_pub = self.create_lifecycle_publisher(TaskResult, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
-        self._handles = [self.create_subscription(Decision, DECISION_TOPIC, self._on_decision, TASK_QUEUE_DEPTH),
-                         self.create_subscription(TaskResult, RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH)]
+        own = origin_filter("mqtt:")
+        self._handles = [self.create_subscription(Decision, DECISION_TOPIC, self._on_decision, TASK_QUEUE_DEPTH,
+                                                  content_filter_options=own),
+                         self.create_subscription(TaskResult, RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH,
+                                                  content_filter_options=own)]
         self._timers = [self.create_timer(1.0, self._expire)]
         ret = super().on_activate(state)
         self._active = True

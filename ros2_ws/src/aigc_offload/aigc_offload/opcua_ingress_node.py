@@ -69,7 +69,7 @@ from aigc_offload_interfaces.msg import TaskResult as TaskResultMsg
 
 from .lifecycle_main import Autostart, run_node
 from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
-from .messages import from_time, to_time
+from .messages import from_time, origin_filter, to_time
 
 NODE_NAME = "opcua_ingress"
 ORIGIN_PREFIX = "opcua:"
@@ -283,8 +283,10 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
                                     on_device_result=self._on_execution, settings=settings)
         self.ingress.start()  # connects in the background; an absent server is retried with backoff
         self._handles = [
-            self.create_subscription(DecisionMsg, DECISION_TOPIC, self._on_decision, TASK_QUEUE_DEPTH, callback_group=self._cb),
-            self.create_subscription(TaskResultMsg, RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH, callback_group=self._cb),
+            self.create_subscription(DecisionMsg, DECISION_TOPIC, self._on_decision, TASK_QUEUE_DEPTH, callback_group=self._cb,
+                                     content_filter_options=origin_filter(ORIGIN_PREFIX)),
+            self.create_subscription(TaskResultMsg, RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH, callback_group=self._cb,
+                                     content_filter_options=origin_filter(ORIGIN_PREFIX)),
         ]
         self._timers = [self.create_timer(float(self._p("diagnostics_period_s")), self._diagnostics,
                                           callback_group=self._cb)]
