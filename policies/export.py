@@ -8,9 +8,10 @@ download threshold) is named in the contract's ``action`` entry and done by the 
 (policies/runtime/decoders.py), so the same numbers leave torch and onnxruntime.
 
 Exporter: torch's legacy TorchScript-based exporter (``dynamo=False``), opset 17, weights inside the
-file (no ``.onnx.data``). Exporters per actor kind are in :data:`EXPORTERS`; a later actor (AMARL,
-TOPPO with LSTM state, the LAD-TS denoising actor, TD3 with its projection) adds one function that
-returns an :class:`ActorExport`.
+file (no ``.onnx.data``). One function per actor kind returns an :class:`ActorExport`: MATO and the
+factory actor here, the papers' actors (AMARL and the GMEL/AIECOF baselines, TOPPO with its LSTM
+state, the LAD-TS denoising actor with its latent state and noise, TD3 with the EdgeAIGC projection)
+in ``policies/export_papers.py``.
 
 MADDPG-MATO (and -NoModel, SADDPG): one file holds all M device actors, stacked. Input ``agent``
 (int64 [batch]) is the device index (the view's ``source``); the graph evaluates every actor on the
@@ -19,7 +20,9 @@ observation and gathers the row of the asking device, so every device 0..M-1 is 
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
@@ -37,8 +40,9 @@ from torch import nn
 from policies.config import preset_hash
 from policies.errors import UserError
 from policies.runtime.contract import CONTRACT_FORMAT, CONTRACT_KEY, CONTRACT_VERSION, layout_json
-from policies.runtime.decoders import DECODERS, DISCRETE_SHARE, discrete_key
-from policies.scenarios.base import OffloadDecision, OffloadView, Policy
+from policies.runtime.decoders import DECODER_VIEWS, DECODERS, DISCRETE_SHARE, discrete_key
+from policies.runtime.policy import OnnxPolicy
+from policies.scenarios.base import OffloadDecision, OffloadView
 
 OPSET = 17
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,9 +62,17 @@ class ActorExport:
     action: dict[str, Any]  # contract "action" entry (decoder, params, targets, layout, postprocess)
     algorithm: str
     network: str  # one line: the architecture
-    reference: Callable[[np.ndarray, np.ndarray, OffloadView], tuple[np.ndarray, OffloadDecision]]
+    reference: Callable[[np.ndarray, np.ndarray, OffloadView], tuple[np.ndarray, OffloadDecision]] | None
     state: list[dict[str, Any]] = field(default_factory=list)
     output: str = "actor_out"
+    # input name -> initial state table (indexed by the state's key components), written to the file
+    state_tables: dict[str, np.ndarray] = field(default_factory=dict)
+    modes: dict[str, str] = field(default_factory=lambda: {"deterministic": "no noise; argmax heads"})
+    evaluated_mode: str = "deterministic"  # the mode the trained policy's own evaluation acts in
+    # Sequential parity (stateful, stochastic or allocation actors): (mode, sim) -> a torch reference
+    # with reset() and step(view, feeds, uniform) -> ({graph output name: value}, decision), the
+    # trained policy's own code carrying its own state and using the runtime's noise and uniform draws.
+    rollout: Callable[[str, Any], Any] | None = None
 
     def example(self, n: int = 2) -> tuple[torch.Tensor, ...]:
         args = []
@@ -69,22 +81,33 @@ class ActorExport:
                 args.append(torch.zeros(n, int(inp["shape"][1]), dtype=torch.float32))
             elif inp["role"] == "agent_index":
                 args.append(torch.zeros(n, dtype=torch.int64))
-            else:
+            else:  # state and noise inputs: zeros of the per-row shape
                 args.append(torch.zeros(n, *[int(d) for d in inp["shape"][1:]], dtype=torch.float32))
         return tuple(args)
 
+    @property
+    def output_names(self) -> list[str]:
+        return [self.output] + [s["output"] for s in self.state]
+
     def torch_forward(self, obs: np.ndarray, source: np.ndarray) -> np.ndarray:
-        """The graph module eagerly on numpy rows (what onnxruntime runs, in torch)."""
-        args = []
+        """The graph module eagerly on numpy rows of a stateless, noise-free actor (what onnxruntime runs)."""
+        feeds = {}
         for inp in self.inputs:
             if inp["role"] == "observation":
-                args.append(torch.from_numpy(np.ascontiguousarray(obs, dtype=np.float32)))
+                feeds[inp["name"]] = np.ascontiguousarray(obs, dtype=np.float32)
             elif inp["role"] == "agent_index":
-                args.append(torch.from_numpy(np.asarray(source, dtype=np.int64)))
+                feeds[inp["name"]] = np.asarray(source, dtype=np.int64)
             else:
-                raise UserError(f"torch_forward cannot feed input role {inp['role']!r}")
+                raise UserError(f"torch_forward cannot feed input role {inp['role']!r}; use torch_run with feeds")
+        return self.torch_run([self.output], feeds)[0]
+
+    def torch_run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph module eagerly on the runtime's feeds (by input name) -> the named outputs."""
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[i["name"]])) for i in self.inputs]
         with torch.inference_mode():
-            return self.graph(*args).numpy()
+            out = self.graph(*args)
+        named = dict(zip(self.output_names, out if isinstance(out, (tuple, list)) else (out,)))
+        return [named[name].numpy() for name in output_names]
 
 
 # -- MADDPG-MATO ----------------------------------------------------------------------------------------
@@ -240,8 +263,9 @@ def load_run(run_dir: str | Path) -> tuple[ActorExport, Any, dict, dict]:
 
         spec = factory_export(load_actor(ckpt), sim, algo)
     else:
-        raise UserError(f"run '{run_dir}' (algo '{algo}', scenario '{resolved.get('scenario')}') has no exporter; "
-                        f"exportable: {', '.join(MATO_ALGOS)} on mato, FactoryActor runs on factory")
+        from policies.export_papers import export_trained_policy
+
+        spec = export_trained_policy(run_dir, sim, resolved, ckpt)
     return spec, sim, resolved, ckpt
 
 
@@ -309,7 +333,8 @@ def build_contract(spec: ActorExport, sim, preset_name: str, policy_name: str, p
         "preset_name": preset_name,
         "preset_hash": preset_hash(sim.preset),
         "preset": sim.preset.model_dump(mode="json"),
-        "policy": {"name": policy_name, "algorithm": spec.algorithm, "network": spec.network, "deterministic": True},
+        "policy": {"name": policy_name, "algorithm": spec.algorithm, "network": spec.network,
+                   "deterministic": spec.evaluated_mode == "deterministic", "mode": spec.evaluated_mode},
         "observation": {"dim": sim.obs_dim(), "dtype": "float32", "normalization": "column = value / scale",
                         "builder": f"{type(sim).__module__}.{type(sim).__name__}.observation", "fields": layout},
         "inputs": spec.inputs,
@@ -317,7 +342,7 @@ def build_contract(spec: ActorExport, sim, preset_name: str, policy_name: str, p
         + [{"name": s["output"], "role": "state", "shape": ["batch", *s["shape"]], "dtype": s.get("dtype", "float32")}
            for s in spec.state],
         "state": spec.state,
-        "action": spec.action,
+        "action": {**spec.action, "modes": dict(spec.modes)},
         "provenance": {**provenance, "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                        "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=False, opset {OPSET})"},
     }
@@ -325,9 +350,11 @@ def build_contract(spec: ActorExport, sim, preset_name: str, policy_name: str, p
 
 def onnx_bytes(spec: ActorExport) -> bytes:
     """The graph as ONNX bytes (legacy exporter, weights inline, dynamic batch)."""
-    names = [i["name"] for i in spec.inputs] + [s["input"] for s in spec.state if s["input"] not in
-                                                {i["name"] for i in spec.inputs}]
-    outputs = [spec.output] + [s["output"] for s in spec.state]
+    names = [i["name"] for i in spec.inputs]
+    missing = [st["input"] for st in spec.state if st["input"] not in names]
+    if missing:
+        raise UserError(f"state input(s) {missing} must be listed among the graph inputs (role 'state')")
+    outputs = spec.output_names
     dynamic = {n: {0: "batch"} for n in names + outputs}
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -338,12 +365,27 @@ def onnx_bytes(spec: ActorExport) -> bytes:
     return buf.getvalue()
 
 
-def with_contract(model_bytes: bytes, contract: dict) -> bytes:
+def state_table_entries(spec: ActorExport) -> tuple[dict[str, dict], dict[str, str]]:
+    """Per state input with an initial table: its contract ``init_table`` entry and the metadata
+    entry holding the table (base64 of little-endian float32, C order)."""
+    entries, props = {}, {}
+    for name, table in spec.state_tables.items():
+        raw = np.ascontiguousarray(table, dtype="<f4").tobytes()
+        key = f"{CONTRACT_KEY}.state.{name}"
+        props[key] = base64.b64encode(raw).decode("ascii")
+        entries[name] = {"metadata": key, "shape": list(table.shape), "dtype": "float32",
+                         "sha256": hashlib.sha256(raw).hexdigest()}
+    return entries, props
+
+
+def with_contract(model_bytes: bytes, contract: dict, extra: dict[str, str] | None = None) -> bytes:
+    """The model with ``contract`` (and ``extra`` metadata entries, e.g. state tables) in its metadata."""
     import onnx
 
     model = onnx.load_from_string(model_bytes)
     del model.metadata_props[:]
-    onnx.helper.set_model_props(model, {CONTRACT_KEY: json.dumps(contract, sort_keys=True, default=str)})
+    onnx.helper.set_model_props(model, {CONTRACT_KEY: json.dumps(contract, sort_keys=True, default=str),
+                                        **(extra or {})})
     model.doc_string = (f"aigc_offload policy '{contract['policy']['name']}' for scenario '{contract['scenario']}'; "
                         f"contract in metadata '{CONTRACT_KEY}'")
     model.producer_name = "aigc-offload export"
@@ -363,12 +405,18 @@ def export_actor(spec: ActorExport, sim, out: str | Path, preset_name: str, poli
     """Export ``spec`` to ``out`` with its contract; with ``parity_samples`` > 0 the torch-vs-onnxruntime
     parity is checked first and recorded in the contract's provenance. Returns a summary."""
     raw = onnx_bytes(spec)
+    tables, extra = state_table_entries(spec)
+    for st in spec.state:
+        if st["input"] in tables:
+            st["init_table"] = {**st.get("init_table", {}), **tables[st["input"]]}
     parity = None
     if parity_samples > 0:
-        parity = check_parity(raw, spec, sim, parity_samples, seed)
+        # the sequential check runs the real runtime (OnnxPolicy) on the file as it will be written
+        draft = with_contract(raw, build_contract(spec, sim, preset_name, policy_name, provenance), extra)
+        parity = check_parity(draft if spec.rollout is not None else raw, spec, sim, parity_samples, seed)
         provenance = {**provenance, "parity": parity}
     contract = build_contract(spec, sim, preset_name, policy_name, provenance)
-    data = with_contract(raw, contract)
+    data = with_contract(raw, contract, extra)
     out = Path(out)
     write_atomic(out, data)
     return {"out": str(out), "bytes": len(data), "scenario": sim.name, "policy": policy_name,
@@ -433,6 +481,8 @@ def check_parity(model: bytes | str | Path, spec: ActorExport, sim, n: int = 10_
     logits of magnitude ~20 differ by a few float32 ulps (~1e-5) between any two GEMM kernels."""
     from policies.runtime.policy import open_session
 
+    if spec.rollout is not None:
+        return check_parity_rollout(model, spec, sim, n, seed)
     obs, src, allowed, has_dl = sample_observations(sim, n, seed)
     view = stub_view(sim, src, allowed, has_dl)
     raw_t, dec_t = spec.reference(obs, src, view)
@@ -463,18 +513,138 @@ def check_parity(model: bytes | str | Path, spec: ActorExport, sim, n: int = 10_
             "observations": f"{type(sim).__name__} episodes under 'random', workloads episode_rng({seed}, k, 2)"}
 
 
+def decision_rows(view) -> int:
+    """Decisions in a view: its rows (OffloadView) or one allocation per slot (EdgeAIGC)."""
+    return int(view.n) if hasattr(view, "n") else 1
+
+
+def compare_decisions(a, b, discrete_share: bool) -> tuple[np.ndarray, float]:
+    """(per decision: the discrete parts equal, max |diff| of the continuous parts) of two decisions of
+    one view: OffloadDecision (target, download flag, share level; the share when continuous) or
+    AllocationDecision (cache and association; bandwidth and compute shares)."""
+    if isinstance(a, OffloadDecision):
+        same = np.all(discrete_key(a, discrete_share) == discrete_key(b, discrete_share), axis=1)
+        cont = 0.0
+        if not discrete_share and a.share is not None and b.share is not None and a.share.size:
+            cont = float(np.max(np.abs(np.asarray(a.share, np.float64) - np.asarray(b.share, np.float64))))
+        return same, cont
+    same = bool(np.array_equal(a.cache, b.cache) and np.array_equal(a.association, b.association))
+    cont = max(float(np.max(np.abs(a.bandwidth_share - b.bandwidth_share), initial=0.0)),
+               float(np.max(np.abs(a.compute_share - b.compute_share), initial=0.0)))
+    return np.array([same]), cont
+
+
+def check_parity_rollout(model: bytes | str | Path, spec: ActorExport, sim, n: int = 10_000, seed: int = 0) -> dict:
+    """Parity of a stateful, stochastic or allocation actor, in every mode it offers: episodes of ``sim``
+    under the ``random`` heuristic (workloads ``episode_rng(seed, k, 2)``) give ``n`` valid decisions
+    per mode; at each decision point the runtime (``OnnxPolicy`` on the file, with its per-key state
+    and its seeded draws) and the trained policy's own torch code (``spec.rollout(mode)``: its own
+    state, the runtime's noise inputs and uniform draws) decide the same view. Both forget their
+    state at every episode start, as an evaluation does.
+
+    Gates: state outputs and continuous decisions (hidden/cell states, latent probabilities, the
+    EdgeAIGC shares) within 1e-5 absolute; action outputs (logits, probabilities, tanh scores) within
+    1e-5 relative to max(1, |value|); the same discrete decision (target; cache and association) in at
+    least 99.99% of decisions, compared decision by decision (the same draws on both sides)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one-row calls: extra threads only add synchronisation (and the runtime uses one)
+    try:
+        return _parity_rollout(model, spec, sim, n, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _parity_rollout(model: bytes | str | Path, spec: ActorExport, sim, n: int, seed: int) -> dict:
+    from policies.heuristics import make_policy
+    from policies.workload import episode_rng
+
+    discrete = DISCRETE_SHARE[spec.action["decoder"]]
+    state_outs = {st["output"] for st in spec.state}
+    modes: dict[str, dict] = {}
+    for mode in spec.modes:
+        pol = OnnxPolicy(model if isinstance(model, bytes) else str(model), sim, mode=mode)
+        ref = spec.rollout(mode, sim)
+        heur = make_policy("random", sim)
+        rows = agree = 0
+        raw_abs = raw_rel = state_abs = cont = 0.0
+        k = 0
+        while rows < n:
+            sim.reset(sim.generate_workload(episode_rng(seed, k, 2), k))
+            heur.reset(episode_rng(seed, k, 1))
+            pol.reset(np.random.default_rng([seed, k, 7]))
+            ref.reset()
+            while not sim.done and rows < n:
+                view = sim.view()
+                m_view = decision_rows(view)
+                if m_view:
+                    step = pol.step(view)
+                    outs_t, dec_t = ref.step(view, step["feeds"], step["uniform"])
+                    m = min(m_view, n - rows)  # the last view may be cut to exactly n decisions
+                    for name, value in step["outputs"].items():
+                        t = np.asarray(outs_t[name], dtype=np.float64)[:m]
+                        d = np.abs(t - np.asarray(value, dtype=np.float64)[:m])
+                        if name in state_outs:
+                            state_abs = max(state_abs, float(d.max(initial=0.0)))
+                        else:
+                            raw_abs = max(raw_abs, float(d.max(initial=0.0)))
+                            raw_rel = max(raw_rel, float((d / np.maximum(1.0, np.abs(t))).max(initial=0.0)))
+                    same, c = compare_decisions(dec_t, step["decision"], discrete)
+                    agree += int(np.sum(same[:m]))
+                    cont = max(cont, c)
+                    rows += m
+                sim.step(heur.decide(view))
+            k += 1
+        agreement = agree / rows if rows else 1.0
+        ok = (max(cont, state_abs) <= PARITY_MAX_ABS_DIFF and raw_rel <= PARITY_MAX_ABS_DIFF
+              and agreement >= PARITY_MIN_AGREEMENT)
+        modes[mode] = {"samples": rows, "episodes": k, "max_abs_diff_continuous": max(cont, state_abs),
+                       "max_abs_diff_state": state_abs, "max_abs_diff_decision": cont, "max_abs_diff_raw": raw_abs,
+                       "max_rel_diff_raw": raw_rel, "decision_agreement": agreement, "passed": bool(ok)}
+    worst = lambda key, f=max: f(r[key] for r in modes.values())  # noqa: E731
+    cont_names = []
+    if spec.state:
+        cont_names.append("state " + ", ".join(st["output"] for st in spec.state))
+    if not discrete:
+        cont_names.append("allocation shares" if DECODER_VIEWS.get(spec.action["decoder"]) == "allocation"
+                          else "offload share")
+    return {"samples": int(n), "modes": modes, "max_abs_diff_continuous": worst("max_abs_diff_continuous"),
+            "continuous_outputs": "; ".join(cont_names) or "none (all-discrete action)",
+            "max_abs_diff_raw": worst("max_abs_diff_raw"), "max_rel_diff_raw": worst("max_rel_diff_raw"),
+            "torch_self_max_abs_diff_raw": None, "decision_agreement": worst("decision_agreement", min),
+            "passed": all(r["passed"] for r in modes.values()), "tolerance": PARITY_MAX_ABS_DIFF,
+            "min_agreement": PARITY_MIN_AGREEMENT, "evaluated_mode": spec.evaluated_mode,
+            "observations": f"{type(sim).__name__} episodes under 'random', workloads episode_rng({seed}, k, 2); "
+                            "per mode, runtime and torch policy each carrying its own state"}
+
+
 # -- torch eager as a Policy (the benchmark's other column) -----------------------------------------------
-class TorchPolicy(Policy):
-    """The exported graph module run by torch eager, with the runtime's decoder: the same function
-    as the ONNX file, so the benchmark compares the engines and nothing else."""
+class _TorchSession:
+    """onnxruntime's ``InferenceSession.run`` interface over the graph module in torch eager."""
 
-    def __init__(self, spec: ActorExport, sim, name: str = "torch"):
-        self.spec, self.sim, self.name = spec, sim, name
-        self._decode = DECODERS[spec.action["decoder"]]
+    def __init__(self, spec: ActorExport):
+        self.spec = spec
 
-    def decide(self, view: OffloadView) -> OffloadDecision:
-        out = self.spec.torch_forward(self.sim.observation(view), view.source)
-        return self._decode(out, view, self.spec.action["params"])
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.spec.torch_run(output_names, feeds)
+
+
+class TorchPolicy(OnnxPolicy):
+    """The exported graph module run by torch eager inside the runtime's own policy (the same feeds,
+    state keeping, draws and decoder as :class:`policies.runtime.OnnxPolicy`): the same function as
+    the ONNX file, so the benchmark compares the engines and nothing else. ``model``: the exported
+    file or bytes (default: exported in memory with a minimal contract)."""
+
+    def __init__(self, spec: ActorExport, sim, name: str = "torch", model: bytes | str | Path | None = None,
+                 mode: str | None = None):
+        if model is None:
+            tables, extra = state_table_entries(spec)
+            for st in spec.state:
+                if st["input"] in tables:
+                    st["init_table"] = {**st.get("init_table", {}), **tables[st["input"]]}
+            model = with_contract(onnx_bytes(spec), build_contract(spec, sim, "torch", name, {}), extra)
+        super().__init__(model if isinstance(model, bytes) else str(model), sim, name=name, mode=mode)
+        self.spec = spec
+        self.session = _TorchSession(spec)
 
 
 def format_summary(res: dict) -> str:
@@ -482,10 +652,17 @@ def format_summary(res: dict) -> str:
             f"{res['preset_hash'][:12]}) to {res['out']} ({res['bytes']} bytes)")
     p = res.get("parity")
     if p:
+        floor = p.get("torch_self_max_abs_diff_raw")
         line += (f"\nparity on {p['samples']} observations: continuous outputs ({p['continuous_outputs']}) max |diff| "
                  f"{p['max_abs_diff_continuous']:.3g}; raw outputs max |diff| {p['max_abs_diff_raw']:.3g} (relative "
-                 f"{p['max_rel_diff_raw']:.3g}; torch batch vs one-row itself {p['torch_self_max_abs_diff_raw']:.3g}); "
-                 f"same decision in {p['decision_agreement']:.4%}: {'PASSED' if p['passed'] else 'FAILED'}")
+                 f"{p['max_rel_diff_raw']:.3g}" + (f"; torch batch vs one-row itself {floor:.3g}" if floor is not None
+                                                   else "") +
+                 f"); same decision in {p['decision_agreement']:.4%}: {'PASSED' if p['passed'] else 'FAILED'}")
+        for mode, r in (p.get("modes") or {}).items():
+            line += (f"\n  mode {mode}{' (evaluated)' if mode == p.get('evaluated_mode') else ''}: {r['samples']} "
+                     f"decisions in {r['episodes']} episodes, continuous max |diff| {r['max_abs_diff_continuous']:.3g}, "
+                     f"raw max |diff| {r['max_abs_diff_raw']:.3g} (relative {r['max_rel_diff_raw']:.3g}), same decision "
+                     f"in {r['decision_agreement']:.4%}: {'PASSED' if r['passed'] else 'FAILED'}")
     return line
 
 

@@ -24,6 +24,16 @@ SUPPORTED_VERSIONS = (1,)
 # Roles of graph inputs the runtime knows how to feed.
 INPUT_ROLES = ("observation", "agent_index", "state", "noise")
 
+# How a policy acts (contract ``action.modes``, the evaluated one in ``policy.mode``):
+#   deterministic: noise inputs fed zeros, categorical heads take their argmax;
+#   argmax:        noise inputs standard normal from the policy's rng, argmax;
+#   sample:        noise inputs standard normal, categorical heads sampled with one uniform per row.
+MODES = ("deterministic", "argmax", "sample")
+
+# Components of a state key (contract ``state[].key``): the view's slot, its per-row source, or a
+# per-row view feature (e.g. LAD-TS's task ``index``).
+KEY_VIEW_ATTRIBUTES = ("slot", "source")
+
 
 class ContractError(UserError):
     """A policy file whose contract this runtime or this simulator cannot meet."""
@@ -108,11 +118,47 @@ def check_contract(contract: dict[str, Any], sim, source: str, strict_preset: bo
             raise ContractError(f"'{source}' has graph input '{inp.get('name')}' with role {inp.get('role')!r}, which "
                                 f"this runtime cannot feed (known roles: {', '.join(INPUT_ROLES)})")
         if inp["role"] == "agent_index":
-            devices = getattr(sim, "M", None)
+            devices = getattr(sim, inp.get("simulator_attribute", "M"), None)
             if devices is not None and int(inp.get("count", 0)) < devices:
                 raise ContractError(f"'{source}' holds {inp.get('count')} per-device actors, but the simulator has "
                                     f"{devices} devices")
+    for st in contract["state"]:
+        check_state_entry(st, contract, sim, source)
     targets = getattr(sim, "target_names", None)
     want = contract["action"].get("targets")
     if targets is not None and want is not None and list(targets) != list(want):
         raise ContractError(f"'{source}' decides among targets {want}, but the simulator's targets are {list(targets)}")
+
+
+def state_key(entry: dict[str, Any]) -> tuple[str, ...]:
+    """A state entry's key components, e.g. ("source",) or ("slot", "source", "index")."""
+    key = entry.get("key", "source")
+    return (key,) if isinstance(key, str) else tuple(key)
+
+
+def check_state_entry(st: dict[str, Any], contract: dict[str, Any], sim, source: str) -> None:
+    """A state entry the runtime can keep: names a graph input and output, a known key, a constant or
+    tabulated initial value whose table covers the simulator (``bounds``: key component -> preset field)."""
+    for field in ("input", "output", "shape"):
+        if field not in st:
+            raise ContractError(f"'{source}' has a state entry without its '{field}'")
+    if st["input"] not in {i.get("name") for i in contract["inputs"] if i.get("role") == "state"}:
+        raise ContractError(f"'{source}' keeps state '{st['input']}', which is not a graph input with role 'state'")
+    key = state_key(st)
+    if not key or not all(isinstance(k, str) and k for k in key):
+        raise ContractError(f"'{source}' keys state '{st['input']}' by {st.get('key')!r}; expected view attribute names")
+    table = st.get("init_table")
+    if table is None:
+        if not isinstance(st.get("init_value", 0.0), (int, float)):
+            raise ContractError(f"'{source}' gives state '{st['input']}' a non-numeric init_value")
+        return
+    if list(table.get("index", [])) != list(key):
+        raise ContractError(f"'{source}' indexes the initial table of state '{st['input']}' by {table.get('index')}, "
+                            f"but keys the state by {list(key)}")
+    sizes = dict(zip(key, table.get("shape", [])[:len(key)]))
+    preset = getattr(sim, "preset", None)
+    for comp, field in (table.get("bounds") or {}).items():
+        have = getattr(preset, field, None)
+        if have is not None and comp in sizes and int(have) > int(sizes[comp]):
+            raise ContractError(f"'{source}' keeps initial '{st['input']}' values for {comp} 0..{int(sizes[comp]) - 1} "
+                                f"({field}={sizes[comp]} when trained), but the simulator has {field}={have}")

@@ -1,10 +1,15 @@
 """Post-processing: raw actor outputs -> typed decisions, named by the contract's ``action.decoder``.
 
-An exported graph outputs what the actor network computes (logits, pre-activations); the decoder
-here turns a batch of those rows into an :class:`OffloadDecision` exactly as the training code does
-(argmax per head, the share squashing and clipping, the download threshold). A later actor with a
-different action (an allocation, a projected output) adds a decoder; a file naming a decoder this
-runtime lacks is refused at load time.
+An exported graph outputs what the actor network computes (logits, probabilities, pre-activations,
+tanh scores); the decoder here turns a batch of those rows into the scenario's decision type exactly
+as the training code does (argmax per head, the share squashing and clipping, the download
+threshold, categorical sampling by the inverse CDF, the EdgeAIGC projection onto the storage and
+share constraints). A file naming a decoder this runtime lacks is refused at load time.
+
+Every decoder is ``decode(out, view, params, uniform=None)``. ``uniform`` is given only in the
+``sample`` mode of a stochastic policy: one U[0, 1) draw per row from the policy's seeded rng (the
+contract's ``action.sampling`` says its dtype), so the runtime samples exactly as the trainer's
+evaluation does; without it a categorical head takes its argmax.
 
 torch-free: numpy only. Argmax heads follow numpy's tie rule (first maximum); squashing is computed
 in float64 from the float32 outputs, within 1e-7 of the torch code's float32 values.
@@ -39,7 +44,8 @@ def _masked_argmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     return np.where(allowed, logits, -np.inf).argmax(axis=1)
 
 
-def decode_mato_maddpg(out: np.ndarray, view: OffloadView, params: dict[str, Any]) -> OffloadDecision:
+def decode_mato_maddpg(out: np.ndarray, view: OffloadView, params: dict[str, Any],
+                       uniform: np.ndarray | None = None) -> OffloadDecision:
     """MADDPG-MATO actor output [N server logits, eta pre-activation, beta pre-activation]:
     server = argmax, eta = clip(stretch * sigmoid(x) - (stretch - 1) / 2, 0, 1), beta = sigmoid(x) >= 0.5;
     eta = 0 runs the task locally (target 0), else target = 1 + server (policies.train.maddpg).
@@ -65,7 +71,8 @@ def decode_mato_maddpg(out: np.ndarray, view: OffloadView, params: dict[str, Any
     return OffloadDecision(target=target, share=eta, download=download)
 
 
-def decode_factory_heads(out: np.ndarray, view: OffloadView, params: dict[str, Any]) -> OffloadDecision:
+def decode_factory_heads(out: np.ndarray, view: OffloadView, params: dict[str, Any],
+                         uniform: np.ndarray | None = None) -> OffloadDecision:
     """Factory actor logits [target (K), share level (S), download (2)], argmax per head: the
     share is ``share_levels[level]`` (0 when the target is local), the download flag counts only
     for an edge target (False for local and cloud)."""
@@ -88,14 +95,169 @@ def decode_factory_heads(out: np.ndarray, view: OffloadView, params: dict[str, A
     return OffloadDecision(target=target, share=share, download=download)
 
 
+def decode_argmax_target(out: np.ndarray, view: OffloadView, params: dict[str, Any],
+                         uniform: np.ndarray | None = None) -> OffloadDecision:
+    """One score per target (logits or Q-values; GMEL's AMARL and baselines): target = argmax over the
+    targets the view allows (numpy's first-maximum tie rule, as torch's argmax on CPU). The decision
+    carries only the target (GMEL decides where a task runs, no share, no download flag)."""
+    if out.shape[0] == 1:
+        if view.allowed.all():
+            t = int(np.argmax(out[0]))
+        else:
+            t = max(_argmax_allowed(out[0].tolist(), view.allowed[0].tolist()), 0)
+        return OffloadDecision(target=np.array([t], dtype=np.int64))
+    return OffloadDecision(target=_masked_argmax(out, view.allowed).astype(np.int64))
+
+
+def softmax64(logits: np.ndarray) -> np.ndarray:
+    """softmax in float64 (torch.softmax(x.double())): exp(x - max) / sum, row-wise."""
+    x = np.asarray(logits, dtype=np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sample_categorical(out: np.ndarray, uniform: np.ndarray, params: dict[str, Any],
+                       allowed: np.ndarray | None = None) -> np.ndarray:
+    """Inverse-CDF draw per row, exactly the trainers' rule: cdf = cumsum(p), target =
+    min(#{k: cdf_k < u * cdf_last}, K - 1). ``params['output']`` says what ``out`` holds:
+    ``logits`` (p = softmax in float64, policies.train.common.sample_rows: TOPPO, AIECOF actor-critics) or
+    ``probabilities`` (p as given, cumsum and product in float32: policies.train.ladts.Agents.act)."""
+    K = out.shape[1]
+    if params.get("output") == "probabilities":
+        p = np.asarray(out, dtype=np.float32)
+        if allowed is not None and not allowed.all():
+            p = np.where(allowed, p, np.float32(0.0))
+        c = np.cumsum(p, axis=1, dtype=np.float32)
+        u = np.asarray(uniform, dtype=np.float32).reshape(-1, 1)
+    else:
+        p = softmax64(out)
+        if allowed is not None and not allowed.all():
+            p = np.where(allowed, p, 0.0)
+        c = np.cumsum(p, axis=1)
+        u = np.asarray(uniform, dtype=np.float64).reshape(-1, 1)
+    return np.minimum((c < u * c[:, -1:]).sum(axis=1), K - 1).astype(np.int64)
+
+
+def decode_categorical_target(out: np.ndarray, view: OffloadView, params: dict[str, Any],
+                              uniform: np.ndarray | None = None) -> OffloadDecision:
+    """A categorical policy over the targets (TOPPO's LSTM actor, the LAD-TS denoising actor): without
+    ``uniform`` (modes ``deterministic`` and ``argmax``) the argmax of the output (logits or
+    probabilities, as the trainer's greedy evaluation takes it); with it (mode ``sample``) the
+    inverse-CDF draw of :func:`sample_categorical`. Targets the view marks infeasible are skipped."""
+    if uniform is None:
+        return decode_argmax_target(out, view, params)
+    return OffloadDecision(target=sample_categorical(out, uniform, params, view.allowed))
+
+
+def project_allocation_row(view: Any, x: np.ndarray, rule: str, floor: float):
+    """``policies.scenarios.edgeaigc.project_batch`` for ONE raw vector x in [0, 1]^(E*M + 2EU), with the
+    same result bit for bit, ~10x cheaper on one row: the knapsack repair and the association in
+    Python scalars (the same comparisons and float64 subtractions in the same order: a stable
+    descending sort, first fit, ties to the lower index / to the larger path gain), the share masking
+    and row scaling by the scenario's own ``_masked_shares`` (the same numpy reductions, row by row).
+    Returns (cache (E, M) bool, alpha (E, U), L (E, U), association (U,) int64)."""
+    return _project_row(view, np.clip(np.asarray(x, dtype=np.float64).reshape(-1), 0.0, 1.0), rule, floor)
+
+
+def _project_row(view: Any, x: np.ndarray, rule: str, floor: float):
+    from policies.scenarios.edgeaigc import _masked_shares
+
+    E, U, M = view.num_edges, view.num_users, view.num_models
+    xs = x.tolist()
+    size, storage = view.model_size_gb.tolist(), view.storage_gb.tolist()
+    cache = [[False] * M for _ in range(E)]
+    for j in range(E):  # step 1 (18b, 18e): first fit in descending score, cached when the score is > 0.5
+        score = xs[j * M:(j + 1) * M]
+        neg = [-v for v in score]
+        remaining = storage[j]
+        row = cache[j]
+        for m in sorted(range(M), key=neg.__getitem__):  # stable: ties to the lower model index
+            if not score[m] > 0.5:
+                break  # every later score is <= 0.5 too: nothing more is cached
+            if size[m] <= remaining + 1e-9:
+                row[m] = True
+                remaining -= size[m]
+    model = view.model.tolist()
+    g = view.path_gain_db.tolist()
+    a0 = E * M
+    assoc = [0] * U
+    hit = [False] * U
+    edges = range(E)
+    for i in range(U):  # step 2 (spec 1.7)
+        mi = model[i]
+        if rule == "nearest":  # the largest path gain (first maximum, as np.argmax)
+            cand = edges
+        else:  # among the ES caching Z_i (all if none) the highest alpha score, ties to the larger path gain
+            cand = [j for j in edges if cache[j][mi]] or edges
+            top = max(xs[a0 + j * U + i] for j in cand)
+            cand = [j for j in cand if xs[a0 + j * U + i] >= top]
+        best = cand[0]
+        best_g = g[best][i]
+        for j in cand:  # ascending j: a later ES wins only with a strictly larger gain (np.argmax's first max)
+            if g[j][i] > best_g:
+                best, best_g = j, g[j][i]
+        assoc[i] = best
+        hit[i] = cache[best][mi]
+    mask = np.zeros((2, E, U), dtype=bool)  # [alpha mask (user i sends to ES j), L mask (... and hits)]
+    users = np.arange(U)
+    assoc_a = np.asarray(assoc, dtype=np.int64)
+    mask[0, assoc_a, users] = True
+    mask[1, assoc_a, users] = hit
+    shares = _masked_shares(x[a0:].reshape(2, E, U), mask, floor)  # steps 3-4 (18c, 18d, 18f, 18g)
+    return np.asarray(cache, dtype=bool).reshape(E, M), shares[0], shares[1], assoc_a
+
+
+def decode_edgeaigc_projection(out: np.ndarray, view: Any, params: dict[str, Any],
+                               uniform: np.ndarray | None = None):
+    """The EdgeAIGC TD3/DDPG actor's tanh scores [beta (E*M) | alpha (E*U) | L (E*U)] of one slot ->
+    an :class:`AllocationDecision` that meets constraints 18b-18g: x = (clip(a, -1, 1) + 1) / 2 in
+    float64, then the scenario's projection (``policies.scenarios.edgeaigc.project_batch``: knapsack
+    repair of the cache scores, association, masking, flooring and row scaling of the shares; computed
+    by :func:`project_allocation_row`, its one-row form, bit for bit) with the view's storage, model
+    sizes and path gains. ``policies.train.td3.AllocationProjection`` (what the trainer evaluates) is
+    the same projection in torch ops: the cache and association agree exactly, the shares to the last
+    bits (both float64)."""
+    from policies.scenarios.edgeaigc import AllocationDecision
+
+    if out.shape[0] != 1:
+        raise ValueError(f"an EdgeAIGC allocation is decided one slot (one observation row) at a time, got "
+                         f"{out.shape[0]} rows")
+    # (clip(a, -1, 1) + 1) / 2, in [0, 1] (no second clip); maximum/minimum: np.clip's wrapper costs ~5 us
+    x = (np.minimum(np.maximum(np.asarray(out[0], dtype=np.float64), -1.0), 1.0) + 1.0) / 2.0
+    cache, alpha, comp, assoc = _project_row(view, x, params["association"], float(params["share_floor"]))
+    return AllocationDecision(cache, alpha, comp, assoc)
+
+
+def check_edgeaigc_projection(params: dict[str, Any], sim, source: str) -> str | None:
+    """The allocation's sizes must be the simulator's (E edge servers, U users, M models)."""
+    p = getattr(sim, "preset", None)
+    want = {"edges": getattr(p, "num_edges", None), "users": getattr(p, "num_users", None),
+            "models": getattr(p, "num_models", None)}
+    for key, have in want.items():
+        if have is not None and int(params.get(key, -1)) != int(have):
+            return (f"'{source}' allocates for {params.get(key)} {key}, but the simulator has {have} {key}")
+    return None
+
+
 DECODERS: dict[str, Callable[[np.ndarray, OffloadView, dict], OffloadDecision]] = {
     "mato_maddpg": decode_mato_maddpg,
     "factory_heads": decode_factory_heads,
+    "argmax_target": decode_argmax_target,
+    "categorical_target": decode_categorical_target,
+    "edgeaigc_projection": decode_edgeaigc_projection,
 }
+
+# The view a decoder reads: "offload" (OffloadView rows -> OffloadDecision) or "allocation"
+# (policies.scenarios.edgeaigc.AllocationView, one per slot -> AllocationDecision).
+DECODER_VIEWS = {"edgeaigc_projection": "allocation"}
+
+# Load-time checks of a decoder's parameters against the simulator: (params, sim, source) -> error or None.
+DECODER_CHECKS: dict[str, Callable[[dict, Any, str], str | None]] = {"edgeaigc_projection": check_edgeaigc_projection}
 
 
 # Decoders whose share is one of a few levels (a discrete choice) rather than a continuous value.
-DISCRETE_SHARE = {"mato_maddpg": False, "factory_heads": True}
+DISCRETE_SHARE = {"mato_maddpg": False, "factory_heads": True, "argmax_target": True, "categorical_target": True,
+                  "edgeaigc_projection": False}
 
 
 def discrete_key(decision: OffloadDecision, share_is_discrete: bool) -> np.ndarray:

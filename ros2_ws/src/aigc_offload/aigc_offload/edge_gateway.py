@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
@@ -39,6 +39,7 @@ from .lifecycle_main import Autostart, run_node
 from .deployment import (TASK_QUEUE_DEPTH, CLOUD_NODE, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC,
                          STATUS_TOPIC, Deployment, draw_plant)
 from .gateway_core import TARGET_CLOUD, TARGET_EDGE, GatewayCore, Request, RequestError, Terminal
+from .hot_path import HotPath
 from .messages import from_time, result_msg, task_units, to_time
 
 
@@ -108,7 +109,7 @@ class HandOffScheduler:
     target has no service yet is retried every 50 ms until ``timeout_s`` after it was due; a sent
     one that is not acknowledged within ``timeout_s`` is cancelled. ``fail(task_id, reason)`` is
     called once for every hand-off that did not land (refused, unreachable, unknown, silent);
-    the acknowledgements arrive on the executor's thread (future callbacks).
+    the acknowledgements arrive on the thread that completes the futures (the gateway's hot path).
     """
 
     RETRY_S = 0.05
@@ -209,8 +210,12 @@ class EdgeGateway(Autostart, LifecycleNode):
         self._active_timers: list = []
         self._submit_clients: dict[str, object] = {}
         self._hand_offs: HandOffScheduler | None = None
+        self._hot: HotPath | None = None
         self.setup_autostart()
 
+
+    def release(self) -> None:
+        self._teardown()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -256,20 +261,21 @@ class EdgeGateway(Autostart, LifecycleNode):
         self._decision_pub = self.create_lifecycle_publisher(Decision, DECISION_TOPIC, TASK_QUEUE_DEPTH)
         self._result_pub = self.create_lifecycle_publisher(TaskResult, RESULT_TOPIC, TASK_QUEUE_DEPTH)
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
-        serial = MutuallyExclusiveCallbackGroup()  # decisions in arrival order, one at a time
+        # Requests (decided in arrival order, one at a time) and execution results: per-task traffic,
+        # served by the hot path's thread (hot_path.py: rclpy's executor cost ~0.3 ms per message).
+        self._hot = HotPath(self)
+        self._hot.subscribe(TaskRequest, REQUEST_TOPIC, self._on_request, TASK_QUEUE_DEPTH)
+        self._hot.subscribe(TaskResult, EXECUTION_RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH)
         self._handles = [
-            self.create_subscription(TaskRequest, REQUEST_TOPIC, self._on_request, TASK_QUEUE_DEPTH, callback_group=serial),
-            self.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH, callback_group=self._io),
             self.create_subscription(EdgeServerStatus, STATUS_TOPIC, self._on_status, 50, callback_group=self._io),
         ]
-        # Every SubmitTask client is created here, on the executor's thread: the events executor
-        # deadlocks when an entity is created from another thread while it spins (the hand-off
-        # thread only looks the clients up).
+        # Every SubmitTask client is made here, before the hot path starts (its wait set is fixed);
+        # the hand-off thread only looks them up, and their acknowledgements arrive on the hot path.
+        self._submit_clients = {}
         for target in [e.server_id for e in self.core.plant.edges] + ["cloud"]:
             node = self._submit_node(target)
             if node not in self._submit_clients:
-                self._submit_clients[node] = self.create_client(SubmitTask, f"/{node}/submit_task",
-                                                                callback_group=self._io)
+                self._submit_clients[node] = self._hot.client(SubmitTask, f"/{node}/submit_task")
         self._hand_offs = HandOffScheduler(self._client, self._hand_off_failed,
                                            float(self.get_parameter("submit_timeout_s").value))
         self._active_timers = [
@@ -277,18 +283,24 @@ class EdgeGateway(Autostart, LifecycleNode):
             self.create_timer(float(self.get_parameter("diagnostics_period_s").value), self._diagnostics,
                               callback_group=self._io),
         ]
+        ret = super().on_activate(state)  # the lifecycle publishers are enabled before the first request
+        self._hot.start()
         self.get_logger().info(f"Active: deciding tasks from {REQUEST_TOPIC} with {self.core.policy_name}.")
-        return super().on_activate(state)
+        return ret
 
     def _teardown(self) -> None:
+        if self._hand_offs is not None:  # first: it calls the hot path's clients
+            self._hand_offs.stop()
+            self._hand_offs = None
+        if self._hot is not None:
+            self._hot.stop()
+            self._hot = None
+        self._submit_clients = {}
         for h in self._handles:
             self.destroy_subscription(h)
         for t in self._active_timers:
             self.destroy_timer(t)
         self._handles, self._active_timers = [], []
-        if self._hand_offs is not None:
-            self._hand_offs.stop()
-            self._hand_offs = None
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()

@@ -46,6 +46,7 @@ from .lifecycle_main import Autostart, run_node
 from .cloud_model_server import ros_fetch_chunk
 from .deployment import TASK_QUEUE_DEPTH, CLOUD_NODE, EXECUTION_RESULT_TOPIC, STATUS_TOPIC
 from .edge_core import EdgeServerCore, EdgeTask, ModelCache, PeerStatus
+from .hot_path import HotPath
 from .messages import edge_task, from_time, model_work_table, task_result_for, to_time
 from .model_fetch import FetchError, download_model
 
@@ -91,6 +92,7 @@ class EdgeServer(Autostart, LifecycleNode):
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._active_handles: list = []
+        self._hot: HotPath | None = None
         self._generator = None
         # Outgoing calls live on a helper node with its own executor thread (see the module doc).
         # use_global_arguments=False: the process's ``-r __node:=edgeN`` must not rename it too.
@@ -184,8 +186,11 @@ class EdgeServer(Autostart, LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         period = float(self.get_parameter("status_period_s").value)
         self._status_pub = self.create_lifecycle_publisher(EdgeServerStatus, STATUS_TOPIC, 10)
+        # SubmitTask: per-task traffic, served by the hot path's thread (hot_path.py); the service keeps
+        # this node's name (/<node>/submit_task) although the hot path's private node serves it
+        self._hot = HotPath(self)
+        self._hot.serve(SubmitTask, f"{self.get_fully_qualified_name()}/submit_task", self._on_submit)
         self._active_handles = [
-            self.create_service(SubmitTask, "~/submit_task", self._on_submit, callback_group=self._io_group),
             self.create_subscription(EdgeServerStatus, STATUS_TOPIC, self._on_peer_status, 50,
                                      callback_group=self._io_group),
         ]
@@ -193,10 +198,14 @@ class EdgeServer(Autostart, LifecycleNode):
         self._stop.clear()
         self._worker = threading.Thread(target=self._work_loop, name=f"{self.server_id}-worker", daemon=True)
         self._worker.start()
+        self._hot.start()
         self.get_logger().info(f"Active: serving {self.get_fully_qualified_name()}/submit_task.")
         return super().on_activate(state)
 
     def _deactivate(self) -> None:
+        if self._hot is not None:
+            self._hot.stop()
+            self._hot = None
         self._stop.set()
         if self.core is not None:
             with self.core.lock:

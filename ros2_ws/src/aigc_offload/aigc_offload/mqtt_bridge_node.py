@@ -63,6 +63,7 @@ from aigc_offload_interfaces.msg import Decision, TaskRequest, TaskResult
 
 from .lifecycle_main import Autostart, run_node
 from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
+from .hot_path import HotPath
 from .messages import from_time, origin_filter, result_msg, to_time
 
 NODE_NAME = "mqtt_bridge"
@@ -121,6 +122,7 @@ class MqttBridgeNode(Autostart, LifecycleNode):
         self._lock = threading.Lock()
         self._active = False
         self._handles: list = []
+        self._hot: HotPath | None = None
         self._timers: list = []
         self._req_pub = self._exec_pub = None
         self.counters = {"requests": 0, "decisions": 0, "results": 0, "executions": 0, "handoff_failures": 0,
@@ -229,11 +231,13 @@ class MqttBridgeNode(Autostart, LifecycleNode):
                 return TransitionCallbackReturn.FAILURE
         self._req_pub = self.create_lifecycle_publisher(TaskRequest, REQUEST_TOPIC, TASK_QUEUE_DEPTH)
         self._exec_pub = self.create_lifecycle_publisher(TaskResult, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
-        own = origin_filter("mqtt:")
-        self._handles = [self.create_subscription(Decision, DECISION_TOPIC, self._on_decision, TASK_QUEUE_DEPTH,
-                                                  content_filter_options=own),
-                         self.create_subscription(TaskResult, RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH,
-                                                  content_filter_options=own)]
+        # decisions and results: per-task traffic, served by the hot path's thread (hot_path.py)
+        self._hot = HotPath(self)
+        self._hot.subscribe(Decision, DECISION_TOPIC, self._on_decision, TASK_QUEUE_DEPTH,
+                            content_filter_options=origin_filter("mqtt:"))
+        self._hot.subscribe(TaskResult, RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH,
+                            content_filter_options=origin_filter("mqtt:"))
+        self._hot.start()
         self._timers = [self.create_timer(1.0, self._expire)]
         ret = super().on_activate(state)
         self._active = True
@@ -245,6 +249,9 @@ class MqttBridgeNode(Autostart, LifecycleNode):
     def _teardown(self) -> None:
         self._active = False
         self._disconnect()
+        if self._hot is not None:
+            self._hot.stop()
+            self._hot = None
         for h in self._handles:
             self.destroy_subscription(h)
         for t in self._timers:

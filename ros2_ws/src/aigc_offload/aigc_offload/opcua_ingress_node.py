@@ -69,6 +69,7 @@ from aigc_offload_interfaces.msg import TaskResult as TaskResultMsg
 
 from .lifecycle_main import Autostart, run_node
 from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
+from .hot_path import HotPath
 from .messages import from_time, origin_filter, to_time
 
 NODE_NAME = "opcua_ingress"
@@ -203,6 +204,7 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
                          "delivery_failures": 0, "evicted": 0, "forgotten": 0, "invalid": 0}
         self._cb = ReentrantCallbackGroup()
         self._handles: list = []
+        self._hot: HotPath | None = None
         self._timers: list = []
         self._log_handler: _ToRosLog | None = None
         self.setup_autostart()
@@ -282,18 +284,23 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
         self.ingress = OpcuaIngress(self.endpoints, self.security, on_request=self._on_opcua_request,
                                     on_device_result=self._on_execution, settings=settings)
         self.ingress.start()  # connects in the background; an absent server is retried with backoff
-        self._handles = [
-            self.create_subscription(DecisionMsg, DECISION_TOPIC, self._on_decision, TASK_QUEUE_DEPTH, callback_group=self._cb,
-                                     content_filter_options=origin_filter(ORIGIN_PREFIX)),
-            self.create_subscription(TaskResultMsg, RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH, callback_group=self._cb,
-                                     content_filter_options=origin_filter(ORIGIN_PREFIX)),
-        ]
+        # decisions and results: per-task traffic, served by the hot path's thread (hot_path.py)
+        self._hot = HotPath(self)
+        self._hot.subscribe(DecisionMsg, DECISION_TOPIC, self._on_decision, TASK_QUEUE_DEPTH,
+                            content_filter_options=origin_filter(ORIGIN_PREFIX))
+        self._hot.subscribe(TaskResultMsg, RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH,
+                            content_filter_options=origin_filter(ORIGIN_PREFIX))
+        self._hot.start()
+        self._handles = []
         self._timers = [self.create_timer(float(self._p("diagnostics_period_s")), self._diagnostics,
                                           callback_group=self._cb)]
         self.get_logger().info(f"Active: OPC UA ingress for {', '.join(self.endpoints)} -> {REQUEST_TOPIC}.")
         return super().on_activate(state)
 
     def _teardown(self) -> None:
+        if self._hot is not None:
+            self._hot.stop()
+            self._hot = None
         for h in self._handles:
             self.destroy_subscription(h)
         for t in self._timers:
