@@ -130,6 +130,22 @@ class _Conn:
         self.executed_type: ua.NodeId | None = None
 
 
+async def own_fields_filter(event_type, ns: int) -> ua.EventFilter:
+    """The event filter of one monitored item per event type: EventType and the type's own fields.
+
+    Why not one item for the three types (asyncua's default for a list): its select clause is the
+    union of every field of the three types and of BaseEventType (~30), and every notification
+    carries all of them, most empty; decoding those Variants was a fifth of the ingress's CPU at a
+    few hundred requests per second. One item per type selects ~11 fields, the where clause keeps
+    each item to its type."""
+    from asyncua.common.events import get_filter_from_event_type
+
+    evfilter = await get_filter_from_event_type([event_type])
+    evfilter.SelectClauses = [c for c in evfilter.SelectClauses if len(c.BrowsePath) == 1 and (
+        c.BrowsePath[0].NamespaceIndex == ns or c.BrowsePath[0].Name == "EventType")]
+    return evfilter
+
+
 class _EventHandler:
     """asyncua subscription handler of one connection; runs on the ingress loop."""
 
@@ -381,8 +397,10 @@ class OpcuaIngress:
         if not devices:
             raise RuntimeError(f"no AIGC device object found in namespace {m.NAMESPACE_URI}")
         sub = await client.create_subscription(self.settings.publish_interval_ms, _EventHandler(self, conn))
+        filters = [(t, await own_fields_filter(t, ns)) for t in (request_type, finished_type, executed_type)]
         for dev in devices.values():
-            await sub.subscribe_events(client.get_node(dev.object_id), [request_type, finished_type, executed_type])
+            for etype, evfilter in filters:
+                await sub.subscribe_events(client.get_node(dev.object_id), etype, evfilter=evfilter)
         conn.client, conn.devices = client, devices
         with self._lock:
             for device_id, kind in kinds.items():
