@@ -35,6 +35,7 @@ from aigc_offload_interfaces.msg import TaskResult
 from aigc_offload_interfaces.srv import FetchModelChunk, ListModels, SubmitTask
 
 from .lifecycle_main import Autostart, run_node
+from .messages import TASK_SERVICE_QOS
 from .model_catalog import CatalogError, ModelCatalog
 
 NODE_NAME = "cloud_model_server"
@@ -101,7 +102,7 @@ class CloudModelServer(Autostart, LifecycleNode):
         self._data_services = [
             self.create_service(ListModels, "~/list_models", self._on_list_models),
             self.create_service(FetchModelChunk, "~/fetch_model_chunk", self._on_fetch_chunk),
-            self.create_service(SubmitTask, "~/submit_task", self._on_submit_task),
+            self.create_service(SubmitTask, "~/submit_task", self._on_submit_task, qos_profile=TASK_SERVICE_QOS),
         ]
         from .deployment import TASK_QUEUE_DEPTH, EXECUTION_RESULT_TOPIC
 

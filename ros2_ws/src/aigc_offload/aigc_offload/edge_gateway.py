@@ -40,7 +40,7 @@ from .deployment import (TASK_QUEUE_DEPTH, CLOUD_NODE, DECISION_TOPIC, EXECUTION
                          STATUS_TOPIC, Deployment, draw_plant)
 from .gateway_core import TARGET_CLOUD, TARGET_EDGE, GatewayCore, Request, RequestError, Terminal
 from .hot_path import HotPath
-from .messages import from_time, result_msg, task_units, to_time
+from .messages import TASK_SERVICE_QOS, from_time, result_msg, task_units, to_time
 
 
 class PolicyLoadError(RuntimeError):
@@ -275,7 +275,8 @@ class EdgeGateway(Autostart, LifecycleNode):
         for target in [e.server_id for e in self.core.plant.edges] + ["cloud"]:
             node = self._submit_node(target)
             if node not in self._submit_clients:
-                self._submit_clients[node] = self._hot.client(SubmitTask, f"/{node}/submit_task")
+                self._submit_clients[node] = self._hot.client(SubmitTask, f"/{node}/submit_task",
+                                                                 qos_profile=TASK_SERVICE_QOS)
         self._hand_offs = HandOffScheduler(self._client, self._hand_off_failed,
                                            float(self.get_parameter("submit_timeout_s").value))
         self._active_timers = [
@@ -368,6 +369,8 @@ class EdgeGateway(Autostart, LifecycleNode):
         core = self.core
         if core is None:
             return
+        # visible in the log (at most every 5 s: a dead edge server fails every task sent to it)
+        self.get_logger().warning(f"Hand-off of task '{task_id}' failed: {reason}", throttle_duration_sec=5.0)
         term = core.fail(task_id, TaskResult.FAILED, reason)
         if term is not None:
             self._publish_terminal(term)

@@ -47,7 +47,7 @@ from .cloud_model_server import ros_fetch_chunk
 from .deployment import TASK_QUEUE_DEPTH, CLOUD_NODE, EXECUTION_RESULT_TOPIC, STATUS_TOPIC
 from .edge_core import EdgeServerCore, EdgeTask, ModelCache, PeerStatus
 from .hot_path import HotPath
-from .messages import edge_task, from_time, model_work_table, task_result_for, to_time
+from .messages import TASK_SERVICE_QOS, edge_task, from_time, model_work_table, task_result_for, to_time
 from .model_fetch import FetchError, download_model
 
 
@@ -102,9 +102,10 @@ class EdgeServer(Autostart, LifecycleNode):
         cloud = str(self.get_parameter("cloud_node").value)
         self._fetch_client = self._io_node.create_client(FetchModelChunk, f"/{cloud}/fetch_model_chunk")
         self._list_client = self._io_node.create_client(ListModels, f"/{cloud}/list_models")
-        self._cloud_submit = self._io_node.create_client(SubmitTask, f"/{cloud}/submit_task")
+        self._cloud_submit = self._io_node.create_client(SubmitTask, f"/{cloud}/submit_task",
+                                                        qos_profile=TASK_SERVICE_QOS)
         self._peer_clients: dict[str, object] = {
-            peer: self._io_node.create_client(SubmitTask, f"/{peer}/submit_task")
+            peer: self._io_node.create_client(SubmitTask, f"/{peer}/submit_task", qos_profile=TASK_SERVICE_QOS)
             for peer in dict.fromkeys(p for p in self.get_parameter("peers").value if p and p != self.server_id)}
         self._peer_lock = threading.Lock()
         self._io_executor = SingleThreadedExecutor(context=self.context)
@@ -189,7 +190,8 @@ class EdgeServer(Autostart, LifecycleNode):
         # SubmitTask: per-task traffic, served by the hot path's thread (hot_path.py); the service keeps
         # this node's name (/<node>/submit_task) although the hot path's private node serves it
         self._hot = HotPath(self)
-        self._hot.serve(SubmitTask, f"{self.get_fully_qualified_name()}/submit_task", self._on_submit)
+        self._hot.serve(SubmitTask, f"{self.get_fully_qualified_name()}/submit_task", self._on_submit,
+                        qos_profile=TASK_SERVICE_QOS)
         self._active_handles = [
             self.create_subscription(EdgeServerStatus, STATUS_TOPIC, self._on_peer_status, 50,
                                      callback_group=self._io_group),
@@ -327,7 +329,8 @@ class EdgeServer(Autostart, LifecycleNode):
             with self._peer_lock:  # a peer outside ``peers`` (rare): its client is made on first use
                 client = self._peer_clients.get(peer)
                 if client is None:
-                    client = self._io_node.create_client(SubmitTask, f"/{peer}/submit_task")
+                    client = self._io_node.create_client(SubmitTask, f"/{peer}/submit_task",
+                                                         qos_profile=TASK_SERVICE_QOS)
                     self._peer_clients[peer] = client
             where = peer
         fwd = SubmitTask.Request(task=request.task, decision=request.decision, hops=int(request.hops) + 1)
@@ -363,6 +366,15 @@ class EdgeServer(Autostart, LifecycleNode):
 
     # -- execution ------------------------------------------------------------------------------
     def _work_loop(self) -> None:
+        try:
+            self._work()
+        except Exception as exc:  # noqa: BLE001
+            if self.context.ok():
+                raise
+            # shut down by a signal while a task ran: its result cannot be published any more
+            print(f"[INFO] [{self.get_name()}]: worker stopped at shutdown ({type(exc).__name__})", file=sys.stderr)
+
+    def _work(self) -> None:
         where = f"edge:{self.server_id}"
         while not self._stop.is_set():
             core = self.core

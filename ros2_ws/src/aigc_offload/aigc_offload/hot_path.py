@@ -67,19 +67,19 @@ class HotPath:
         self._entries.append(_Entry("subscription", sub, callback, topic))
         return sub
 
-    def serve(self, srv_type, name: str, callback: Callable[[Any, Any], Any]):
+    def serve(self, srv_type, name: str, callback: Callable[[Any, Any], Any], **kwargs):
         """A service; ``callback(request, response) -> response`` as rclpy's."""
         if self._thread is not None:
             raise RuntimeError("add entities before start()")
-        srv = self.node.create_service(srv_type, name, callback)
+        srv = self.node.create_service(srv_type, name, callback, **kwargs)
         self._entries.append(_Entry("service", srv, callback, srv.srv_name))
         return srv
 
-    def client(self, srv_type, name: str):
+    def client(self, srv_type, name: str, **kwargs):
         """A service client; ``call_async`` from any thread, its future completes in this thread."""
         if self._thread is not None:
             raise RuntimeError("add entities before start()")
-        cli = self.node.create_client(srv_type, name)
+        cli = self.node.create_client(srv_type, name, **kwargs)
         self._entries.append(_Entry("client", cli, lambda *_: None, cli.srv_name))
         return cli
 
