@@ -295,9 +295,11 @@ def slot_rewards(sim) -> np.ndarray:
     return r
 
 
-def run_episode(sim, learner, episode: int, seed: int, time_limit_bootstrap: bool = True) -> dict[str, np.ndarray]:
+def run_episode(sim, learner, episode: int, seed: int, time_limit_bootstrap: bool = True,
+                rewards: Callable[[Any], np.ndarray] = slot_rewards) -> dict[str, np.ndarray]:
     """One training episode: every agent acts every slot (the PettingZoo env's protocol); returns the
-    episode's transitions, rewards back-filled once every task has resolved."""
+    episode's transitions, rewards back-filled once every task has resolved (``rewards(sim)``: (T, I),
+    GMEL's spec 1.8 by default; the factory adapter of ``factory_agents.py`` passes its own)."""
     sim.reset(sim.generate_workload(episode_rng(seed, episode, TRAIN_WORKLOAD_STREAM), episode))
     T, I = sim.T, sim.I
     obs = np.zeros((T, I, sim.obs_dim()), dtype=np.float32)
@@ -312,15 +314,18 @@ def run_episode(sim, learner, episode: int, seed: int, time_limit_bootstrap: boo
         sim.step(OffloadDecision(target=act[t]))
     done = np.zeros(T, dtype=np.float32)
     done[-1] = 0.0 if time_limit_bootstrap else 1.0  # the last decision slot (it ran the drain)
-    return {"obs": obs, "act": act, "has": has, "rew": slot_rewards(sim), "done": done}
+    return {"obs": obs, "act": act, "has": has, "rew": rewards(sim), "done": done}
 
 
 def run_training(algo: str, sim, preset_name: str, cfg, seed: int, out: Path, command: list[str],
-                 progress: bool | None, make_learner: Callable[[Any, int, int, int], Any]) -> dict:
+                 progress: bool | None, make_learner: Callable[[Any, int, int, int], Any], scenario: str = "gmel",
+                 rewards: Callable[[Any], np.ndarray] = slot_rewards) -> dict:
     """Train (or resume) ``make_learner(cfg, obs_dim, n_actions, agents)`` on the GMEL simulator into
-    ``out`` (config.json, checkpoint.pt, metrics.csv); returns the last episode's metrics row."""
-    if sim.name != "gmel":
-        raise UserError(f"algo '{algo}' trains on 'gmel' scenarios, not '{sim.name}'")
+    ``out`` (config.json, checkpoint.pt, metrics.csv); returns the last episode's metrics row.
+    ``scenario`` and ``rewards`` let another simulator that speaks GMEL's protocol (``agent_view``, ``I``
+    agents, ``M + 1`` actions; the factory adapter of ``factory_agents.py``) train with the same loop."""
+    if sim.name != scenario:
+        raise UserError(f"algo '{algo}' trains on '{scenario}' scenarios, not '{sim.name}'")
     I, obs_dim, n_actions = sim.I, sim.obs_dim(), sim.M + 1
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"algo": algo, "seed": seed, "scenario": sim.name, "preset_name": preset_name,
@@ -368,7 +373,7 @@ def run_training(algo: str, sim, preset_name: str, cfg, seed: int, out: Path, co
     try:
         for episode in range(start, cfg.episodes):
             t0, c0 = time.perf_counter(), time.process_time()
-            data = run_episode(sim, learner, episode, seed, cfg.time_limit_bootstrap)
+            data = run_episode(sim, learner, episode, seed, cfg.time_limit_bootstrap, rewards)
             global_step += sim.T
             replay.add_episode(**data)
             # the episode's T slots' worth of updates run once its rewards have resolved (they are known

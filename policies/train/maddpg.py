@@ -21,6 +21,13 @@ openai/maddpg, a download head that starts at "download", critics that skip cons
 The same file serves three registered algorithms (policies/train/registry.py):
 ``maddpg`` (model-aware, team reward), ``maddpg_nomodel`` (preset ``model_aware: false``) and
 ``saddpg`` (``reward_mode: individual``, independent critics).
+
+Sparse agents (added for the factory, ``policies/train/factory_agents.py``): a simulator whose attribute
+``sparse_agents`` is True has agents that act only in the steps where they have a task (its view's
+``features["has_task"]``, one flag per agent). Their action is zeroed before it is executed and stored
+(so it adds no load to the other agents' critics, as GMEL's AMARL does), the replay also keeps the flags
+of s and s', the target actions of agents idle at s' are zeroed, and actor m's loss averages over the
+samples where agent m acted. A MATO simulator has no such attribute: every ED acts every step, as before.
 """
 
 from __future__ import annotations
@@ -282,9 +289,12 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
     critic_t.load_state_dict(critic.state_dict())
     actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.lr_actor)
     critic_opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr_critic)
-    buffer = common.ReplayBuffer(cfg.buffer_size, {"obs": (M, obs_dim), "act": (M, act_dim), "rew": (M,),
-                                                   "next_obs": (M, obs_dim), "state": (state_dim,),
-                                                   "next_state": (state_dim,)})
+    sparse = bool(getattr(sim, "sparse_agents", False))  # agents act only when they have a task (factory)
+    shapes = {"obs": (M, obs_dim), "act": (M, act_dim), "rew": (M,), "next_obs": (M, obs_dim), "state": (state_dim,),
+              "next_state": (state_dim,)}
+    if sparse:
+        shapes.update(active=(M,), next_active=(M,))
+    buffer = common.ReplayBuffer(cfg.buffer_size, shapes)
     start, global_step = 0, 0
     reward_stats: list[float] | None = None  # (mu, sd) of the critics' reward, frozen at the first update
     if ckpt is not None:
@@ -304,12 +314,16 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
             "critic_opt": critic_opt.state_dict(), "buffer": buffer.state_dict(), "rng": common.rng_state(np_rng),
             "reward_stats": reward_stats})
 
-    per_term = cfg.centralized_critic and cfg.team_critics_per_term and sim.preset.reward_mode != "individual"
+    reward_mode = getattr(sim.preset, "reward_mode", "team")  # a scenario without the switch has a team reward
+    per_term = cfg.centralized_critic and cfg.team_critics_per_term and reward_mode != "individual"
     if cfg.actor_objective not in ("own", "team", "team_joint"):
         raise UserError(f"--set actor_objective={cfg.actor_objective!r}: expected own, team or team_joint")
     if per_term and cfg.actor_objective != "own" and cfg.critic_loads:
         raise UserError("actor_objective team/team_joint needs critic_loads=false (the critics' last columns must be "
                         "the joint action)")
+    if sparse and per_term and cfg.actor_objective != "own":
+        raise UserError(f"--set actor_objective={cfg.actor_objective!r}: agents that act only with a task support "
+                        "actor_objective own")
 
     def update() -> tuple[float, float]:
         nonlocal reward_stats
@@ -322,6 +336,8 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
         st, nst = b["state"], b["next_state"]
         with torch.no_grad():  # eq. 19: y = r + gamma Q'_m(s', a'_1..a'_M), a'_j = v'_j(o'_j)
             next_act = actor_t(nobs.transpose(0, 1), straight_through=cfg.straight_through).transpose(0, 1)
+            if sparse:  # an agent idle at s' takes no action there
+                next_act = next_act * b["next_active"].unsqueeze(-1)
             y = cfg.reward_scale * rew.T.unsqueeze(-1) + cfg.gamma * critic_t(
                 critic_input(nobs, next_act, cfg.centralized_critic, nst, cols, cfg.critic_own_obs, cfg.critic_loads))
         q = critic(critic_input(obs, act, cfg.centralized_critic, st, cols, cfg.critic_own_obs, cfg.critic_loads))
@@ -342,7 +358,12 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
         else:
             own = torch.eye(M, dtype=torch.bool).view(M, 1, M, 1)
             joint = torch.where(own, cur.unsqueeze(2), act.unsqueeze(0))  # (M, B, M, a)
-            actor_loss = -critic(critic_input(obs, joint, cfg.centralized_critic, st, cols, cfg.critic_own_obs, cfg.critic_loads)).mean(dim=(1, 2)).sum()
+            q_own = critic(critic_input(obs, joint, cfg.centralized_critic, st, cols, cfg.critic_own_obs, cfg.critic_loads))
+            if sparse:  # actor m learns from the samples where agent m had a task
+                w = b["active"].T.unsqueeze(-1)  # (M, B, 1)
+                actor_loss = -((q_own * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp(min=1.0)).sum()
+            else:
+                actor_loss = -q_own.mean(dim=(1, 2)).sum()
         if cfg.action_reg > 0:  # keeps the logits and pre-activations out of saturation
             actor_loss = actor_loss + cfg.action_reg * raw.pow(2).mean(dim=(1, 2)).sum()
         actor_opt.zero_grad()
@@ -356,7 +377,7 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
     fields = ["episode", "global_step", "reward", "latency_s", "energy_j", "completion_rate", "failed_rate",
               "offload_rate", "critic_loss", "actor_loss", "noise", "episode_s"]
     log = common.MetricsLog(out / common.METRICS, fields, start)
-    individual = sim.preset.reward_mode == "individual"
+    individual = reward_mode == "individual"
     row: dict = {}
     bar = tqdm(total=cfg.episodes, initial=start, desc=f"train {algo}", unit="ep", disable=progress is False,
                dynamic_ncols=True, file=sys.stderr)
@@ -374,6 +395,9 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                     a = actor(torch.from_numpy(obs).unsqueeze(1), gumbel_tau=cfg.gumbel_tau, noise=noise,
                               straight_through=cfg.straight_through, action_noise=cfg.action_noise)[:, 0]
                 a = a.numpy()
+                if sparse:
+                    active = (sim.view().features["has_task"] > 0).astype(np.float32)
+                    a = a * active[:, None]  # an idle agent makes no decision (stored as a zero action)
                 sim.step(to_decision(a, sim.view()))
                 per_agent = -sim.task_cost[t]
                 if individual or per_term:  # each ED's own term (SADDPG; or the per-term team critics)
@@ -383,8 +407,12 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                 # at the time limit there is no next task: bootstrap (truncation, spec 5) from the last
                 # observation as a stand-in state of the same distribution [ours]
                 next_obs = obs if sim.done else sim.observation(sim.view())
+                extra = {}
+                if sparse:
+                    next_active = active if sim.done else (sim.view().features["has_task"] > 0).astype(np.float32)
+                    extra = {"active": active, "next_active": next_active}
                 next_state = cache_state(sim, state_dim)
-                buffer.add(obs=obs, act=a, rew=rew, next_obs=next_obs, state=state, next_state=next_state)
+                buffer.add(obs=obs, act=a, rew=rew, next_obs=next_obs, state=state, next_state=next_state, **extra)
                 obs, state = next_obs, next_state
                 global_step += 1
                 if len(buffer) >= max(cfg.learning_starts, 1) and global_step % max(cfg.update_every, 1) == 0:

@@ -26,6 +26,7 @@ class Algo:
     description: str
     preset_overrides: Mapping[str, Any] = field(default_factory=dict)  # applied over the user's --set
     config_overrides: Mapping[str, Any] = field(default_factory=dict)
+    entry: str = ""  # attribute of ``module`` holding Config, train(), load_policy() (empty: the module itself)
 
 
 ALGOS: dict[str, Algo] = {
@@ -65,6 +66,15 @@ ALGOS: dict[str, Algo] = {
                     config_overrides={"method": "ac"}),
     "gmel_dqn": Algo("policies.train.gmel_baselines", "gmel", "GMEL DQN baseline: independent DQN, epsilon-greedy",
                      config_overrides={"method": "dqn"}),
+    "factory_maddpg": Algo("policies.train.factory_agents", "factory",
+                           "MADDPG-MATO on the factory: one actor and critic per device, eq. 17 action (target, eta, beta)",
+                           entry="MADDPG"),
+    "factory_amarl": Algo("policies.train.factory_agents", "factory",
+                          "AMARL on the factory: device agents, attention + dueling critic over the 37 alternatives",
+                          entry="AMARL"),
+    "factory_toppo": Algo("policies.train.factory_agents", "factory",
+                          "TOPPO on the factory: PPO with LSTM actor and critic per device decision sequence",
+                          entry="TOPPO"),
 }
 
 
@@ -75,6 +85,12 @@ def _import(module: str):
         if exc.name == "torch":
             raise UserError("training needs torch: pip install 'aigc-offload[train]' (torch==2.13.0, CPU)") from None
         raise
+
+
+def _trainer(spec: Algo):
+    """The object with ``Config``, ``train()`` and ``load_policy()`` of ``spec`` (its module, or ``entry`` in it)."""
+    mod = _import(spec.module)
+    return getattr(mod, spec.entry) if spec.entry else mod
 
 
 def get_algo(name: str) -> Algo:
@@ -90,7 +106,7 @@ def train(algo: str, scenario: str, seed: int, out: str | Path, overrides: Mappi
     from policies.scenarios import make_simulator
 
     spec = get_algo(algo)
-    mod = _import(spec.module)
+    mod = _trainer(spec)
     from policies.train.common import make_config, split_overrides
 
     algo_set, preset_set = split_overrides(mod.Config, dict(overrides or {}))
@@ -119,7 +135,7 @@ def load_trained_policy(name: str, sim):
     except (OSError, ValueError):
         raise UserError(f"'{run_dir}' is not a trained run directory (no readable config.json)") from None
     spec = get_algo(resolved.get("algo", "?"))
-    mod = _import(spec.module)
+    mod = _trainer(spec)
     from policies.train.common import load_checkpoint
 
     ckpt = load_checkpoint(run_dir)
