@@ -330,6 +330,59 @@ def test_request_decision_result_round_trip(loop, pki, camera):
         ing.stop()
 
 
+def test_decisions_to_one_server_go_out_in_few_call_requests(loop, pki, camera):
+    """Decisions queued together for one server travel in one Call request each batch (ingress
+    _Conn.call); a refused one in the middle gets its own refusal, the others are delivered."""
+    ing = OpcuaIngress([camera.endpoint], gateway_security(pki), settings=FAST)
+    ing.start(wait_connected_s=15)
+    try:
+        async def plc_requests(n: int) -> list[str]:
+            c = await connect(camera.endpoint, gateway_security(pki))
+            try:
+                ns = await c.get_namespace_index(m.NAMESPACE_URI)
+                obj = await c.nodes.objects.get_child(f"{ns}:cam01")
+                meth = await obj.get_child(f"{ns}:RequestTask")
+                calls = [request_task_call(obj.nodeid, meth.nodeid, "defect_image", "defect-s", 5_000_000, 3, 30.0)
+                         for _ in range(n)]
+                res = await c.uaclient.call(calls)  # a PLC may batch too
+                return [r.OutputArguments[0].Value for r in res]
+            finally:
+                await c.disconnect()
+
+        ids = loop.run(plc_requests(40))
+        assert len(set(ids)) == 40
+        uaclient = ing._conns[0].client.uaclient
+        sizes: list[int] = []
+        real_call = uaclient.call
+
+        async def counting_call(methods):
+            sizes.append(len(methods))
+            return await real_call(methods)
+
+        uaclient.call = counting_call
+        now = datetime.now(timezone.utc)
+        decisions = [Decision(task_id=t, device_id="cam01", target="cloud", model_name="defect-s", policy="p",
+                              decided_at=now) for t in ids[:20]]
+        decisions.append(Decision(task_id="cam01-nope-000001", device_id="cam01", target="cloud",
+                                  model_name="defect-s", policy="p", decided_at=now))
+        decisions += [Decision(task_id=t, device_id="cam01", target="cloud", model_name="defect-s", policy="p",
+                               decided_at=now) for t in ids[20:]]
+        futs = [ing.submit_decision(d) for d in decisions]
+        outcomes = []
+        for f in futs:
+            try:
+                outcomes.append(f.result(15))
+            except DeliveryRefused as exc:
+                outcomes.append(exc)
+        assert sum(o is None for o in outcomes) == 40
+        assert isinstance(outcomes[20], DeliveryRefused)
+        assert sum(sizes) == 41 and len(sizes) < 41 and max(sizes) > 1, sizes
+        left = json.loads(loop.run(_read_var(camera, pki, "PendingRequests")) or "[]")
+        assert not set(ids) & {item["task_id"] if isinstance(item, dict) else item for item in left}
+    finally:
+        ing.stop()
+
+
 async def _read_var(dev, pki, name: str):
     c = await connect(dev.endpoint, gateway_security(pki))
     try:
