@@ -65,7 +65,6 @@ carries the queue state, and a stateless actor keeps the decentralized execution
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -79,7 +78,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from policies.config import preset_hash
 from policies.errors import UserError
 from policies.scenarios.base import OffloadDecision, OffloadView, Policy
 from policies.train import common
@@ -327,20 +325,8 @@ def run_training(algo: str, sim, preset_name: str, cfg, seed: int, out: Path, co
     if sim.name != scenario:
         raise UserError(f"algo '{algo}' trains on '{scenario}' scenarios, not '{sim.name}'")
     I, obs_dim, n_actions = sim.I, sim.obs_dim(), sim.M + 1
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = {"algo": algo, "seed": seed, "scenario": sim.name, "preset_name": preset_name,
-                "preset": sim.preset.model_dump(mode="json"), "preset_hash": preset_hash(sim.preset),
-                "config": dataclasses.asdict(cfg), "command": command, "obs_dim": obs_dim, "n_actions": n_actions,
-                "num_agents": I}
-    ckpt = common.load_checkpoint(out)
-    if ckpt is not None:
-        old = ckpt["resolved"]
-        for key in ("algo", "seed", "preset_hash"):
-            if old[key] != resolved[key]:
-                raise UserError(f"'{out}' holds a checkpoint of another run ({key} {old[key]!r}, asked "
-                                f"{resolved[key]!r}); choose a new --out directory")
-        resolved["command_history"] = old.get("command_history", [old["command"]]) + [command]
-    common.save_json(out / common.CONFIG, resolved)
+    resolved, ckpt = common.start_run(algo, sim, preset_name, cfg, seed, out, command, obs_dim=obs_dim, n_actions=n_actions,
+                                    num_agents=I)
 
     common.seed_everything(seed)
     torch.set_num_threads(cfg.torch_threads)

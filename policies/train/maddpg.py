@@ -32,7 +32,6 @@ samples where agent m acted. A MATO simulator has no such attribute: every ED ac
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from policies.config import preset_hash
 from policies.errors import UserError
 from policies.scenarios.base import OffloadDecision, OffloadView, Policy
 from policies.train import common
@@ -254,20 +252,8 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
     """Train (or resume) into ``out``; returns the last episode's metrics row."""
     M, N, T = sim.M, sim.N, sim.T
     obs_dim, act_dim = sim.obs_dim(), N + 2
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = {"algo": algo, "seed": seed, "scenario": sim.name, "preset_name": preset_name,
-                "preset": sim.preset.model_dump(mode="json"), "preset_hash": preset_hash(sim.preset),
-                "config": dataclasses.asdict(cfg), "command": command, "obs_dim": obs_dim, "act_dim": act_dim,
-                "num_agents": M}
-    ckpt = common.load_checkpoint(out)
-    if ckpt is not None:
-        old = ckpt["resolved"]
-        for key in ("algo", "seed", "preset_hash"):
-            if old[key] != resolved[key]:
-                raise UserError(f"'{out}' holds a checkpoint of another run ({key} {old[key]!r}, asked "
-                                f"{resolved[key]!r}); choose a new --out directory")
-        resolved["command_history"] = old.get("command_history", [old["command"]]) + [command]
-    common.save_json(out / common.CONFIG, resolved)
+    resolved, ckpt = common.start_run(algo, sim, preset_name, cfg, seed, out, command, obs_dim=obs_dim, act_dim=act_dim,
+                                    num_agents=M)
 
     common.seed_everything(seed)
     torch.set_num_threads(cfg.torch_threads)
