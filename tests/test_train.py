@@ -76,6 +76,15 @@ def test_resume_refuses_another_run(tmp_path):
         train("maddpg", "mato", 5, tmp_path, TINY, episodes=2, progress=False)
 
 
+def test_resume_refuses_other_learning_settings_but_not_a_longer_run(tmp_path):
+    train("maddpg", "mato", 0, tmp_path, TINY, episodes=1, progress=False)
+    with pytest.raises(UserError, match=r"other settings \(batch_size 16 -> 32\)"):
+        train("maddpg", "mato", 0, tmp_path, {**TINY, "batch_size": 32}, episodes=2, progress=False)
+    # longer, with another checkpoint period: the same run, resumed
+    train("maddpg", "mato", 0, tmp_path, {**TINY, "checkpoint_every": 2}, episodes=2, progress=False)
+    assert len(rows(tmp_path)) == 2
+
+
 def test_trained_run_evaluates_as_a_policy(tmp_path):
     train("maddpg", "mato", 0, tmp_path / "a", TINY, episodes=2, progress=False)
     train("maddpg_nomodel", "mato", 0, tmp_path / "b", TINY, episodes=2, progress=False)

@@ -24,6 +24,7 @@ Equations (cost model functions in policies.cost):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -248,6 +249,111 @@ def _obs_layout(num_edges: int, num_models: int) -> tuple[ObsField, ...]:
 
 
 # --------------------------------------------------------------------------------------------
+# Edge-tier hooks (spec §8): who runs a task that reached the edge tier, and what the caches hold
+# --------------------------------------------------------------------------------------------
+@dataclass
+class EdgeTierRequest:
+    """The tasks of one pricing call that reached the edge tier (gateway target edge n, eta > 0), as
+    the edge tier knows them: LAD-TS's decision is, per station n (the entry server), the server that
+    runs each of its tasks (spec §8.1). Arrays have one row per task, in booking order."""
+
+    slot: int
+    rows: np.ndarray  # (n,) task rows of the simulator
+    group: np.ndarray  # (n,) pricing copy (opt prices alternatives in groups); 0 in a booking
+    station: np.ndarray  # (n,) entry server (the gateway's target edge), the LAD-TS "station"
+    input_mbit: np.ndarray  # (n,) offloaded input eta x, Mbit (LAD-TS d_n)
+    work_gcycles: np.ndarray  # (n,) offloaded work eta W, Gcycles (LAD-TS w_n)
+    output_mbit: np.ndarray  # (n,) offloaded result eta y, Mbit
+    model: np.ndarray  # (n,) model index
+    can_run: np.ndarray  # (n, N) bool: the server holds the model (the station also if it downloads it)
+    est_finish_s: np.ndarray  # (n, N) the §1.4 finish estimate from slot-start status, inf where it cannot run
+    backlog_s: np.ndarray  # (N,) compute backlog of each server at the slot start, s
+    edge_ghz: np.ndarray  # (N,) CPU of each server, GHz
+    commit: bool  # True: the slot is being booked (step); False: a hypothetical pricing (opt, FactoryEnv)
+
+    @property
+    def n(self) -> int:
+        return int(self.rows.size)
+
+
+class EdgeScheduler:
+    """Inter-server scheduling of the edge tier (spec §8.1). ``schedule`` returns, per task of the
+    request, the server that runs it (0..N-1). A server that cannot run the task (``can_run`` False)
+    means "no forwarding": the task stays at its station if the station can run it, else it goes to the
+    cloud (as a miss with beta = 0 and no holder). It may be called more than once per slot with
+    ``commit = False`` when a policy prices alternatives (opt)."""
+
+    name = "scheduler"
+
+    def reset(self, sim: "FactorySimulator") -> None:
+        """Called by ``FactorySimulator.reset`` at the start of every episode."""
+
+    def schedule(self, sim: "FactorySimulator", req: EdgeTierRequest) -> np.ndarray:
+        raise NotImplementedError
+
+
+class EarliestFinishScheduler(EdgeScheduler):
+    """The factory's default rule (LAD-TS §1.5 Opt-TS rule on slot-start status, spec §1.4): the server
+    with the earliest estimated finish, ties stay at the station. Identical to ``edge_scheduler = None``
+    with ``edge_forwarding: true``."""
+
+    name = "earliest_finish"
+
+    def schedule(self, sim: "FactorySimulator", req: EdgeTierRequest) -> np.ndarray:
+        i = np.arange(req.n)
+        best = np.argmin(req.est_finish_s, axis=1)
+        stay = req.est_finish_s[i, req.station] <= req.est_finish_s[i, best]
+        return np.where(stay, req.station, best)
+
+
+class StayScheduler(EdgeScheduler):
+    """No inter-server scheduling: every task runs at its station (``edge_forwarding: false``)."""
+
+    name = "stay"
+
+    def schedule(self, sim: "FactorySimulator", req: EdgeTierRequest) -> np.ndarray:
+        return req.station.copy()
+
+
+@dataclass
+class CachePlan:
+    """EdgeAIGC's per-period decision for the edge servers (spec §8.2): ``cache`` (N, L) bool, the
+    models each server holds from this period on (sum_m cache X_m <= S_n, EdgeAIGC eq. 16 / 18e);
+    ``download_share`` (N, L) in [0, 1], the share of the server's cloud download link r_c each newly
+    cached model gets (sum over a server's new models <= 1, 18c/18f analogue; read only where a model is
+    new)."""
+
+    cache: np.ndarray
+    download_share: np.ndarray
+
+
+class CachePolicy:
+    """Caching and download-bandwidth allocation of the edge servers, every ``period_slots`` slots
+    (spec §8.2). ``plan`` sees the simulator at the period's first slot start (before its view is
+    built) and returns a :class:`CachePlan`; between plans the caches evolve by the default rule (the
+    gateway's per-task downloads, LRU eviction)."""
+
+    name = "cache"
+    period_slots = 1
+
+    def reset(self, sim: "FactorySimulator") -> None:
+        """Called by ``FactorySimulator.reset`` at the start of every episode."""
+
+    def plan(self, sim: "FactorySimulator") -> CachePlan:
+        raise NotImplementedError
+
+
+class KeepCachePolicy(CachePolicy):
+    """The default rule as a plan: keep what the caches hold (LRU with per-task downloads acts between
+    plans). Identical to ``cache_policy = None``."""
+
+    name = "lru"
+
+    def plan(self, sim: "FactorySimulator") -> CachePlan:
+        return CachePlan(sim.cache.copy(), np.zeros((sim.N, sim.L)))
+
+
+# --------------------------------------------------------------------------------------------
 # Simulator
 # --------------------------------------------------------------------------------------------
 class FactorySimulator(Simulator):
@@ -303,6 +409,11 @@ class FactorySimulator(Simulator):
         self.cloud_hz = p.cloud_cpu_ghz * 1e9
         self.noise_w = float(noise_power_w(p.noise_dbm_per_hz, p.bandwidth_hz))
         self.t = 0
+        # Edge-tier hooks (spec §8): None = the default rules (preset edge_forwarding; LRU with per-task
+        # downloads), bit-identical to the simulator without hooks.
+        self.edge_scheduler: EdgeScheduler | None = None
+        self.cache_policy: CachePolicy | None = None
+        self._committing = False
 
     # -- workload -------------------------------------------------------------------------
     def generate_workload(self, rng: np.random.Generator, episode: int) -> Workload:
@@ -425,6 +536,11 @@ class FactorySimulator(Simulator):
         self.t = 0
         self._view: OffloadView | None = None
         self.decisions = 0
+        self._planned_slot = -1  # last slot whose cache plan was applied (spec §8.2)
+        self.plan_downloads = 0  # downloads started by cache plans (also counted in ``downloads``)
+        for hook in (self.edge_scheduler, self.cache_policy):
+            if hook is not None:
+                hook.reset(self)
 
     def _initial_cache(self) -> tuple[np.ndarray, np.ndarray]:
         """Warm start (spec §1.6): server n fills its budget from the popularity order (text and
@@ -459,6 +575,7 @@ class FactorySimulator(Simulator):
         """The new tasks of slot t with the gateway's knowledge at the slot start (spec §3)."""
         if self._view is not None and self._view.slot == self.t:
             return self._view
+        self._apply_cache_plan()
         r = self.rows()
         n, N = r.size, self.N
         t0 = self.t * self.preset.slot_s
@@ -480,6 +597,38 @@ class FactorySimulator(Simulator):
         }
         self._view = self.build_view(self.t, dev, features, self.gateway[dev])
         return self._view
+
+    def _apply_cache_plan(self) -> None:
+        """At the first slot start of every period, set the caches to the cache policy's plan (spec §8.2):
+        a model new at server n is downloaded from the cloud over n's link at share s of r_c, usable at
+        t0 + X / (s r_c) (MATO eq. 7); a dropped model is evicted (tasks already booked keep theirs)."""
+        cp = self.cache_policy
+        if cp is None or self.done or self._planned_slot == self.t or self.t % max(int(cp.period_slots), 1):
+            return
+        self._planned_slot = self.t
+        plan = cp.plan(self)
+        cache = np.asarray(plan.cache, dtype=bool)
+        share = np.asarray(plan.download_share, dtype=np.float64)
+        if cache.shape != (self.N, self.L) or share.shape != (self.N, self.L):
+            raise ValueError(f"cache plan must be ({self.N}, {self.L}) arrays, got {cache.shape} and {share.shape}")
+        used = (cache * self.model_bits).sum(axis=1)
+        if np.any(used > self.storage_bits + 1e-6):
+            raise ValueError("cache plan exceeds a server's storage budget (EdgeAIGC eq. 16)")
+        new = cache & ~self.cache
+        s_new = np.where(new, share, 0.0)
+        if np.any(s_new[new] <= 0) or np.any(s_new > 1) or np.any(s_new.sum(axis=1) > 1 + 1e-9):
+            raise ValueError("cache plan download shares must be in (0, 1] for new models and sum to <= 1 per server")
+        t0 = self.t * self.preset.slot_s
+        n_idx, m_idx = np.nonzero(new)
+        self.ready[n_idx, m_idx] = t0 + transmission_delay_s(self.model_bits[m_idx], s_new[n_idx, m_idx] * self.download_bps)
+        gone = self.cache & ~cache
+        self.ready[gone] = 0.0
+        # New models enter as the most recently used (in model order), so LRU acts on them last.
+        self.stamp[n_idx, m_idx] = self._clock + 1.0 + np.arange(n_idx.size)
+        self._clock += n_idx.size
+        self.cache = cache.copy()
+        self.downloads += int(n_idx.size)
+        self.plan_downloads += int(n_idx.size)
 
     def build_view(self, slot: int, source: np.ndarray, features: dict[str, np.ndarray],
                    relay_edge: np.ndarray) -> OffloadView:
@@ -591,7 +740,7 @@ class FactorySimulator(Simulator):
         dl_wanted = edge_t & ~hit & np.asarray(download, dtype=bool)
         dl_ready = t0 + transmission_delay_s(self.model_bits[mdl], self.download_bps)  # MATO eq. 7
         own_avail = np.where(hit, self.ready[entry, mdl], np.where(dl_wanted, dl_ready, np.inf))
-        if p.edge_forwarding:
+        if p.edge_forwarding or self.edge_scheduler is not None:
             # LAD-TS inter-server scheduling by the edge tier: earliest estimated finish among the
             # servers that hold the model (the chosen one also if it downloads), from slot-start status.
             own = np.arange(N)[None, :] == entry[:, None]
@@ -600,9 +749,25 @@ class FactorySimulator(Simulator):
             avail[i, entry] = own_avail
             est = np.maximum(np.maximum(t0[:, None] + up_s[:, None] + fwd, self.free_edge[None, :]), avail) + \
                 compute_delay_s(w_r[:, None], self.edge_hz[None, :])
-            best = np.argmin(est, axis=1)
-            stay = est[i, entry] <= est[i, best]
-            exec_srv = np.where(stay, entry, best)
+            if self.edge_scheduler is None:
+                best = np.argmin(est, axis=1)
+                stay = est[i, entry] <= est[i, best]
+                exec_srv = np.where(stay, entry, best)
+            else:  # the edge tier's scheduling policy (spec §8.1)
+                exec_srv = entry.copy()
+                ek = np.flatnonzero(edge_t)
+                if ek.size:
+                    req = EdgeTierRequest(
+                        slot=self.t, rows=rows[ek], group=g[ek], station=entry[ek], input_mbit=in_r[ek] / BITS_PER_MBIT,
+                        work_gcycles=w_r[ek] / 1e9, output_mbit=out_r[ek] / BITS_PER_MBIT, model=mdl[ek],
+                        can_run=np.isfinite(est[ek]), est_finish_s=est[ek],
+                        backlog_s=np.maximum(self.free_edge - self.t * p.slot_s, 0.0), edge_ghz=self.edge_hz / 1e9,
+                        commit=self._committing)
+                    ch = np.asarray(self.edge_scheduler.schedule(self, req), dtype=np.int64).reshape(-1)
+                    if ch.shape != (ek.size,) or ch.min() < 0 or ch.max() >= N:
+                        raise ValueError(f"edge scheduler '{self.edge_scheduler.name}' must name a server 0..{N - 1} "
+                                         f"for each of the {ek.size} tasks")
+                    exec_srv[ek] = np.where(np.isfinite(est[ek, ch]), ch, entry[ek])  # cannot run there: stays
             placed = edge_t & np.isfinite(est[i, exec_srv])
             fwd_s = np.where(placed, fwd[i, exec_srv], 0.0)
         else:
@@ -682,7 +847,11 @@ class FactorySimulator(Simulator):
         share = np.where(decision.target == 0, 0.0, 1.0) if decision.share is None else decision.share
         download = np.zeros(n, dtype=bool) if decision.download is None else decision.download
         if n:
-            o = self.price(r, decision.target, share, download)
+            self._committing = True
+            try:
+                o = self.price(r, decision.target, share, download)
+            finally:
+                self._committing = False
             self._commit(r, decision.target, o)
         self.decisions += n
         self.t += 1

@@ -389,14 +389,31 @@ def start_run(algo: str, sim, preset_name: str, cfg, seed: int, out: Path, comma
                 "config": dataclasses.asdict(cfg), "command": command, **extra}
     ckpt = load_checkpoint(out)
     if ckpt is not None:
-        old = ckpt["resolved"]
-        for key in ("algo", "seed", "preset_hash"):
-            if old[key] != resolved[key]:
-                raise UserError(f"'{out}' holds a checkpoint of another run ({key} {old[key]!r}, asked "
-                                f"{resolved[key]!r}); choose a new --out directory")
-        resolved["command_history"] = old.get("command_history", [old["command"]]) + [command]
+        check_resume(out, ckpt["resolved"], resolved)
+        resolved["command_history"] = ckpt["resolved"].get("command_history", [ckpt["resolved"]["command"]]) + [command]
     save_json(out / CONFIG, resolved)
     return resolved, ckpt
+
+
+# Config fields a resumed run may change: how long it trains and how it checkpoints, not what it learns.
+RESUMABLE_CONFIG = ("episodes", "checkpoint_every", "torch_threads")
+
+
+def check_resume(out: Path, old: dict, new: dict) -> None:
+    """Refuse to resume ``out`` (trained as ``old``) as another run: other algo, seed or preset, or an
+    algorithm setting other than :data:`RESUMABLE_CONFIG` changed (a run half with batch 256 and half
+    with batch 1024 is neither). Settings the old run did not record (added since) are not compared."""
+    for key in ("algo", "seed", "preset_hash"):
+        if old[key] != new[key]:
+            raise UserError(f"'{out}' holds a checkpoint of another run ({key} {old[key]!r}, asked "
+                            f"{new[key]!r}); choose a new --out directory")
+    was, asked = old.get("config", {}), new.get("config", {})
+    changed = sorted(k for k in was.keys() & asked.keys() if k not in RESUMABLE_CONFIG and was[k] != asked[k])
+    if changed:
+        diff = ", ".join(f"{k} {was[k]!r} -> {asked[k]!r}" for k in changed[:4])
+        raise UserError(f"'{out}' was trained with other settings ({diff}{', ...' if len(changed) > 4 else ''}); "
+                        "resume it with its own settings, or train into a new --out directory "
+                        "(reproduce: a new --runs root)")
 
 
 # -- a trained feed-forward network as a policy -------------------------------------------------------

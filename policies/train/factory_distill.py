@@ -257,10 +257,7 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                         "new --out directory")
     if ckpt is not None:
         old = ckpt["resolved"]
-        for key in ("algo", "seed", "preset_hash"):
-            if old[key] != resolved[key]:
-                raise UserError(f"'{out}' holds a checkpoint of another run ({key} {old[key]!r}, asked "
-                                f"{resolved[key]!r}); choose a new --out directory")
+        common.check_resume(out, old, resolved)
         resolved["command_history"] = old.get("command_history", [old["command"]]) + [command]
         for key in ("evaluation", "train_wall_s"):
             if key in old:

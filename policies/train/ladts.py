@@ -38,7 +38,6 @@ beta~_i / 2). Switches for the other readings: ``latent_key``, ``latent_store``,
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -51,7 +50,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from policies.config import preset_hash
 from policies.errors import UserError
 from policies.scenarios.base import OffloadDecision, OffloadView, Policy
 from policies.train import common
@@ -516,20 +514,8 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
         raise UserError(f"algo '{algo}' is method '{ALGO_METHOD[algo]}'; do not --set method={cfg.method}")
     p = sim.preset
     A, obs_dim = sim.B, sim.obs_dim()
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = {"algo": algo, "seed": seed, "scenario": sim.name, "preset_name": preset_name,
-                "preset": p.model_dump(mode="json"), "preset_hash": preset_hash(p), "config": dataclasses.asdict(cfg),
-                "command": command, "obs_dim": obs_dim, "num_agents": A, "tasks_max": p.tasks_max,
-                "slots": p.slots_per_episode}
-    ckpt = common.load_checkpoint(out)
-    if ckpt is not None:
-        old = ckpt["resolved"]
-        for key in ("algo", "seed", "preset_hash"):
-            if old[key] != resolved[key]:
-                raise UserError(f"'{out}' holds a checkpoint of another run ({key} {old[key]!r}, asked "
-                                f"{resolved[key]!r}); choose a new --out directory")
-        resolved["command_history"] = old.get("command_history", [old["command"]]) + [command]
-    common.save_json(out / common.CONFIG, resolved)
+    resolved, ckpt = common.start_run(algo, sim, preset_name, cfg, seed, out, command, obs_dim=obs_dim, num_agents=A, tasks_max=p.tasks_max,
+                                               slots=p.slots_per_episode)
     common.seed_everything(seed)
     torch.set_num_threads(cfg.torch_threads)
     np_rng = np.random.default_rng(seed)  # replay sampling

@@ -75,6 +75,12 @@ ALGOS: dict[str, Algo] = {
     "factory_toppo": Algo("policies.train.factory_agents", "factory",
                           "TOPPO on the factory: PPO with LSTM actor and critic per device decision sequence",
                           entry="TOPPO"),
+    "factory_ladts": Algo("policies.train.factory_edge_agents", "factory",
+                          "LAD-TS on the factory's edge tier: per-server denoising agents choose the server of each task",
+                          entry="LADTS"),
+    "factory_td3": Algo("policies.train.factory_edge_agents", "factory",
+                        "TD3 on the factory's edge tier: model caching and download-link shares per period, projected",
+                        entry="TD3"),
 }
 
 

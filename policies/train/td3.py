@@ -40,7 +40,6 @@ episodes; ``aigc-offload reproduce edgeaigc`` trains its main comparison with ``
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -51,7 +50,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from policies.config import preset_hash
 from policies.errors import UserError
 from policies.scenarios.base import Policy
 from policies.train import common
@@ -387,19 +385,7 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
     p, T = sim.preset, sim.T
     obs_dim, act_dim = sim.obs_dim(), p.action_dim
     crit_dim = act_dim if cfg.critic_input == "raw" else decision_width(p.num_edges, p.num_users, p.num_models)
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = {"algo": algo, "seed": seed, "scenario": sim.name, "preset_name": preset_name,
-                "preset": p.model_dump(mode="json"), "preset_hash": preset_hash(p),
-                "config": dataclasses.asdict(cfg), "command": command, "obs_dim": obs_dim, "act_dim": act_dim}
-    ckpt = common.load_checkpoint(out)
-    if ckpt is not None:
-        old = ckpt["resolved"]
-        for key in ("algo", "seed", "preset_hash"):
-            if old[key] != resolved[key]:
-                raise UserError(f"'{out}' holds a checkpoint of another run ({key} {old[key]!r}, asked "
-                                f"{resolved[key]!r}); choose a new --out directory")
-        resolved["command_history"] = old.get("command_history", [old["command"]]) + [command]
-    common.save_json(out / common.CONFIG, resolved)
+    resolved, ckpt = common.start_run(algo, sim, preset_name, cfg, seed, out, command, obs_dim=obs_dim, act_dim=act_dim)
 
     common.seed_everything(seed)
     torch.set_num_threads(cfg.torch_threads)
