@@ -42,3 +42,19 @@ def test_bench_e2e_json_short_run():
     assert set(res["floors"]) == {"mqtt_echo", "opcua_call"}
     for floor in res["floors"].values():
         assert floor["p50_ms"] > 0 and floor["p99_ms"] >= floor["p50_ms"], floor
+
+
+def test_bench_e2e_protocols_option_is_checked_and_a_skipped_phase_is_null():
+    from aigc_offload.bench_e2e import cli, format_table, run
+
+    assert cli(500, 10, False, "modbus") == 2  # refused before anything starts
+    assert cli(500, 10, False, ",") == 2
+    with pytest.raises(ValueError, match="subset of mqtt, opcua"):
+        run(10, 1, protocols=("mqtt", "profinet"))
+    floor = {"p50_ms": 0.4, "p99_ms": 1.0, "n": 300}
+    phase = {"p50_ms": 2.0, "p99_ms": 8.0, "sent": 10, "answered": 10, "achieved_rate_per_s": 500.0}
+    table = format_table({"rate_per_s": 500, "seconds": 10, "mqtt": phase, "opcua": None,
+                          "floors": {"mqtt_echo": floor, "opcua_call": floor}, "load_average_1m": [0.1],
+                          "setup": {"policy": "p", "edge_servers": 4, "cpus": 2}})
+    assert "not measured (--protocols)" in table
+    assert "MQTT p50 <= 3 ms ok, p99 <= 10 ms ok, none lost ok" in table and "OPC UA p50 within" not in table
