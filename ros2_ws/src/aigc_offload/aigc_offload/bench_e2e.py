@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -121,6 +122,8 @@ async def _device_child(port: int, pki_dir: str, device_id: str, plc_client: str
     kind, model, bits, units = OPCUA_TASK
     call = request_task_call(obj.nodeid, meth.nodeid, kind, model, bits, units, DEADLINE_S)
     loop = asyncio.get_running_loop()
+    gc.collect()  # as the device servers do (opcua_devices.server.main)
+    gc.freeze()
     print("ready", flush=True)
     try:
         while True:
@@ -453,6 +456,8 @@ def run(rate: float = 500.0, seconds: float = 10.0, *, deployment=None, cameras:
                   "opcua_call": opcua_floor(floor_n, 50)["opcua_call"]}
         time.sleep(0.5)
         load.append(os.getloadavg())
+        gc.collect()  # the camera clients of this process too: measure the graph, not our collector
+        gc.freeze()
         pids = {p.spec.name: p.proc.pid for p in graph.procs}
         pids.update({"opcua_device": device.proc.pid, "mosquitto": broker.proc.pid, "bench_mqtt_devices": os.getpid()})
         mqtt_res = opcua_res = None

@@ -35,7 +35,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from aigc_offload_interfaces.msg import Decision, EdgeServerStatus, TaskRequest, TaskResult
 from aigc_offload_interfaces.srv import SubmitTask
 
-from .lifecycle_main import Autostart, run_node
+from .lifecycle_main import Autostart, run_node, settle_heap
 from .deployment import (TASK_QUEUE_DEPTH, CLOUD_NODE, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC,
                          STATUS_TOPIC, Deployment, draw_plant)
 from .gateway_core import TARGET_CLOUD, TARGET_EDGE, GatewayCore, Request, RequestError, Terminal
@@ -287,6 +287,7 @@ class EdgeGateway(Autostart, LifecycleNode):
         ret = super().on_activate(state)  # the lifecycle publishers are enabled before the first request
         self._hot.start()
         self.get_logger().info(f"Active: deciding tasks from {REQUEST_TOPIC} with {self.core.policy_name}.")
+        settle_heap()  # after everything the task path keeps exists (lifecycle_main.settle_heap)
         return ret
 
     def _teardown(self) -> None:

@@ -42,7 +42,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from aigc_offload_interfaces.msg import EdgeServerStatus, TaskResult
 from aigc_offload_interfaces.srv import FetchModelChunk, ListModels, SubmitTask
 
-from .lifecycle_main import Autostart, run_node
+from .lifecycle_main import Autostart, run_node, settle_heap
 from .cloud_model_server import ros_fetch_chunk
 from .deployment import TASK_QUEUE_DEPTH, CLOUD_NODE, EXECUTION_RESULT_TOPIC, STATUS_TOPIC
 from .edge_core import EdgeServerCore, EdgeTask, ModelCache, PeerStatus
@@ -202,6 +202,7 @@ class EdgeServer(Autostart, LifecycleNode):
         self._worker.start()
         self._hot.start()
         self.get_logger().info(f"Active: serving {self.get_fully_qualified_name()}/submit_task.")
+        settle_heap()  # after everything the task path keeps exists (lifecycle_main.settle_heap)
         return super().on_activate(state)
 
     def _deactivate(self) -> None:

@@ -61,7 +61,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 
 from aigc_offload_interfaces.msg import Decision, TaskRequest, TaskResult
 
-from .lifecycle_main import Autostart, run_node
+from .lifecycle_main import Autostart, run_node, settle_heap
 from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
 from .hot_path import HotPath
 from .messages import from_time, origin_filter, result_msg, to_time
@@ -244,6 +244,7 @@ class MqttBridgeNode(Autostart, LifecycleNode):
         self.bridge.resume()
         self.get_logger().info(f"Active: MQTT requests -> {REQUEST_TOPIC}, {DECISION_TOPIC} and {RESULT_TOPIC} "
                                f"-> devices, execution reports -> {EXECUTION_RESULT_TOPIC}.")
+        settle_heap()  # after everything the task path keeps exists (lifecycle_main.settle_heap)
         return ret
 
     def _teardown(self) -> None:

@@ -67,7 +67,7 @@ from aigc_offload_interfaces.msg import Decision as DecisionMsg
 from aigc_offload_interfaces.msg import TaskRequest as TaskRequestMsg
 from aigc_offload_interfaces.msg import TaskResult as TaskResultMsg
 
-from .lifecycle_main import Autostart, run_node
+from .lifecycle_main import Autostart, run_node, settle_heap
 from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
 from .hot_path import HotPath
 from .messages import from_time, origin_filter, to_time
@@ -295,6 +295,7 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
         self._timers = [self.create_timer(float(self._p("diagnostics_period_s")), self._diagnostics,
                                           callback_group=self._cb)]
         self.get_logger().info(f"Active: OPC UA ingress for {', '.join(self.endpoints)} -> {REQUEST_TOPIC}.")
+        settle_heap()  # after everything the task path keeps exists (lifecycle_main.settle_heap)
         return super().on_activate(state)
 
     def _teardown(self) -> None:
