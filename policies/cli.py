@@ -118,6 +118,26 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policies(args: argparse.Namespace) -> int:
+    from policies.reproduce.factory import regenerate_defaults  # imports torch (export, training if a run is missing)
+
+    def progress(text: str) -> None:
+        print(f"[policies] {text}", file=sys.stderr, flush=True)
+
+    res = regenerate_defaults(report=args.report, out=args.out, runs=args.runs, parity=args.check_parity,
+                              eval_episodes=args.eval_episodes, eval_seed=args.eval_seed,
+                              command=["aigc-offload", *sys.argv[1:]], progress=progress)
+    ev = res["evaluation"]["results"]
+    for s in res["shipped"]:
+        r, p = ev[s["file"]], s["parity"]
+        print(f"{s['file']}{' (default)' if s['name'] == res['default'] else ''}: parity {p['decision_agreement']:.4%} "
+              f"same decision on {p['samples']} observations; held-out reward {r['reward']:.4f}, latency "
+              f"{r['latency_s']:.4f} s, completion {r['completion_rate']:.2%} (opt {ev['opt']['latency_s']:.4f} s, "
+              f"{ev['opt']['completion_rate']:.2%}; greedy reward {ev['greedy']['reward']:.4f})")
+    print(f"wrote {len(res['shipped'])} policies, their cards and {args.out}/README.md in {res['wall_s']:.0f} s")
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from policies.evaluate import generate_workloads, save_trace
     from policies.scenarios import make_simulator
@@ -263,6 +283,16 @@ def cmd_hil(args: argparse.Namespace) -> int:
     return 0
 
 
+def _algo_help() -> str:
+    """Every registered algorithm, grouped by the scenario it trains on (the registry imports no torch)."""
+    from policies.train.registry import ALGOS
+
+    by: dict[str, list[str]] = {}
+    for name, algo in ALGOS.items():
+        by.setdefault(algo.scenario, []).append(name)
+    return "; ".join(f"{scenario}: {', '.join(names)}" for scenario, names in by.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aigc-offload", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a learned policy (needs torch); resumes if --out holds a checkpoint")
     p.add_argument("--scenario", required=True, help="preset name or preset YAML path")
-    p.add_argument("--algo", required=True, help="maddpg, maddpg_nomodel, saddpg")
+    p.add_argument("--algo", required=True, help=_algo_help())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episodes", type=_positive_int, help="total episodes (default: the algorithm's)")
     p.add_argument("--out", required=True, help="run directory: checkpoint.pt, metrics.csv, config.json")
@@ -295,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="train (or reuse) every method of a paper over seeds, run its experiments, "
                                          "write reports/PAPER/{report.md,results.json,*.png} (needs torch)")
-    p.add_argument("paper", help="mato")
+    p.add_argument("paper", help="mato, aiecof, gmel, ladts, edgeaigc or factory")
     p.add_argument("--quick", action="store_true", help="a reduced smoke run of a few minutes")
     p.add_argument("--seeds", type=_positive_int, help="seeds per trained method (default 3)")
     p.add_argument("--out", help="report directory (default reports/PAPER, reports/PAPER-quick with --quick)")
@@ -310,6 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="re-make report.md and the figures from the existing results.json (no training or evaluation)")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("policies", help="regenerate the shipped trained policies (policies/trained/) from the factory "
+                                        "reproduction's selection: export with parity, held-out evaluation, cards")
+    p.add_argument("what", choices=["regenerate"])
+    p.add_argument("--report", default="reports/factory", help="factory reproduction (results.json) that selects them")
+    p.add_argument("--out", default="policies/trained", help="where the .onnx files and cards go")
+    p.add_argument("--runs", default="runs/defaults", help="where a selected run missing from the report's runs is "
+                                                         "trained again")
+    p.add_argument("--check-parity", type=_positive_int, default=10_000, metavar="N",
+                   help="torch vs onnxruntime parity observations per file (default 10000)")
+    p.add_argument("--eval-episodes", type=_positive_int, default=10, help="held-out evaluation episodes (default 10)")
+    p.add_argument("--eval-seed", type=int, default=2000, help="held-out evaluation workload seed (default 2000)")
+    p.set_defaults(func=cmd_policies)
 
     p = sub.add_parser("trace", help="write the workload a scenario generates to a trace file")
     p.add_argument("--scenario", required=True)

@@ -19,6 +19,11 @@ reference. Every kind keeps its post-processing in the runtime's decoders:
 - **TD3 / DDPG** (EdgeAIGC): ``obs -> tanh scores``; the runtime decoder ``edgeaigc_projection``
   projects them onto the storage and share constraints with the scenario's own projection, so every
   decision that leaves the runtime is feasible.
+- **The papers' learners on the factory** (``policies/train/factory_agents.py``): MADDPG-MATO's device
+  actors stacked as MATO's (input ``agent``), decoder ``mato_maddpg`` over the factory's targets (the
+  "servers" are edge0..edgeN-1 and the cloud; the download flag only for an edge server); AMARL's shared
+  actor ``obs -> scores`` and TOPPO's LSTM actor ``(obs, h, c) -> (scores, h', c')`` over the factory's
+  joint alternatives ``sim.candidates()`` (target x share level x download), decoder ``factory_alternatives``.
 
 Parity references (``ActorExport.rollout``) drive the trainer's policy object itself, with the
 runtime's noise inputs and uniform draws replayed into it (:class:`_Draws`) and its network calls
@@ -459,6 +464,162 @@ class _Td3Reference:
         return {"actor_out": _np(raw)}, self.pol.decide(view)
 
 
+# -- the papers' learners on the factory (factory_agents.py) -----------------------------------------------
+def _alternatives_action(sim, sampled: bool) -> dict:
+    """The contract ``action`` of an actor scoring the factory's joint alternatives (``sim.candidates()``)."""
+    tg, sh, dl = sim.candidates()
+    names = list(sim.target_names)
+    C = int(tg.size)
+    action = {"decoder": "factory_alternatives", "output": "actor_out", "targets": names,
+              "params": {"output": "logits",
+                         "alternatives": {"target": [int(v) for v in tg], "share": [float(v) for v in sh],
+                                          "download": [bool(v) for v in dl]}},
+              "layout": [{"name": "alternative_scores", "start": 0, "width": C,
+                          "doc": "one score per alternative of params.alternatives (local; edge n x share level x "
+                                 "download; cloud x share level)"}],
+              "postprocess": ("alternative = argmax of the scores over the alternatives whose target the view allows"
+                              + ("; mode sample: the inverse-CDF draw of softmax(scores) over them" if sampled else "")
+                              + "; decision = the alternative's (target, share, download), as "
+                                "FactoryAdapter.candidate_decision"),
+              "share": "levels"}
+    if sampled:
+        action["sampling"] = {"uniform": {"dtype": "float64", "shape": ["batch"]}, "rule": SAMPLE_RULE,
+                              "probabilities": "softmax of the scores in float64"}
+    return action
+
+
+def factory_amarl_export(policy, sim, algorithm: str) -> ActorExport:
+    """AMARL on the factory (``factory_agents.CandidatePolicy`` over ``amarl.TrainedPolicy``): the shared actor,
+    obs -> one logit per alternative; argmax, booked as the alternative's (target, share, download)."""
+    net = policy.inner.net.eval()
+    adapter = policy.adapter
+    D, C = sim.obs_dim(), adapter.num_candidates
+
+    def reference(obs: np.ndarray, source: np.ndarray, view) -> tuple[np.ndarray, OffloadDecision]:
+        with torch.inference_mode():
+            out = net(torch.from_numpy(np.ascontiguousarray(obs, dtype=np.float32)))
+        return _np(out), adapter.candidate_decision(_np(out.argmax(-1)).astype(np.int64))
+
+    return ActorExport(
+        graph=net, inputs=[{"name": "obs", "role": "observation", "shape": ["batch", D], "dtype": "float32"}],
+        out_dim=C, action=_alternatives_action(sim, sampled=False), algorithm=algorithm,
+        network=f"{type(net).__name__} {D}-{_hidden(net)} (ReLU), one actor shared by every device, one logit per "
+                f"alternative ({C})",
+        reference=reference, modes={"deterministic": "alternative = argmax of the logits (amarl.TrainedPolicy)"},
+        evaluated_mode="deterministic")
+
+
+def factory_toppo_export(policy, sim, algorithm: str) -> ActorExport:
+    """TOPPO on the factory (``factory_agents.CandidatePolicy`` over ``toppo.TrainedPolicy``): the shared
+    ``ActorLSTM`` with (h, c) per device, one logit per alternative."""
+    inner = policy.inner
+    actor = inner.actor.eval()
+    D, C, H = sim.obs_dim(), policy.adapter.num_candidates, int(actor.lstm_hidden)
+    state_doc = "{} of the device's LSTM after its previous decision (zeros at an episode start)"
+    inputs = [{"name": "obs", "role": "observation", "shape": ["batch", D], "dtype": "float32"},
+              {"name": "h_in", "role": "state", "shape": ["batch", H], "dtype": "float32",
+               "doc": state_doc.format("hidden state h")},
+              {"name": "c_in", "role": "state", "shape": ["batch", H], "dtype": "float32",
+               "doc": state_doc.format("cell state c")}]
+    state = [{"input": f"{x}_in", "output": f"{x}_out", "shape": [H], "dtype": "float32", "init_value": 0.0,
+              "key": "source", "doc": f"LSTM {x} per device (view.source), carried from its previous decision"}
+             for x in ("h", "c")]
+    modes = {"deterministic": "alternative = argmax of the logits (factory_toppo eval_sample = false)",
+             "sample": "alternative ~ softmax(logits) in float64 (toppo.TrainedPolicy, Algorithm 1 line 8): "
+                       + SAMPLE_RULE}
+
+    def rollout(mode: str, psim) -> Any:
+        return _FactoryToppoReference(policy, psim, mode)
+
+    return ActorExport(
+        graph=LstmActorStep(actor).eval(), inputs=inputs, out_dim=C, action=_alternatives_action(sim, sampled=True),
+        algorithm=algorithm,
+        network=f"LSTM({D} -> {H}), then [lstm_out, obs] -> MLP {H + D}-{_hidden(actor.fc)} (ReLU), one logit per "
+                f"alternative ({C}); one actor shared by every device, state (h, c) per device",
+        reference=None, state=state, modes=modes, evaluated_mode="sample" if inner.sample else "deterministic",
+        rollout=rollout)
+
+
+class _FactoryToppoReference:
+    """The run's own policy (``factory_agents.load_toppo``: ``CandidatePolicy`` over ``toppo.TrainedPolicy`` on
+    the ``AiecofProtocol`` adapter, its own per-device h, c), sampling with the runtime's uniforms."""
+
+    def __init__(self, policy, sim, mode: str):
+        from policies.train.factory_agents import AiecofProtocol, CandidatePolicy
+        from policies.train.toppo import TrainedPolicy
+
+        inner = TrainedPolicy(policy.name, AiecofProtocol(sim), policy.inner.resolved, policy.inner.actor.state_dict())
+        inner.sample = mode == "sample"
+        self.rec = _Recorder(inner.actor)
+        inner.actor = self.rec
+        self.inner = inner
+        self.pol = CandidatePolicy(policy.name, sim, inner)
+
+    def reset(self) -> None:
+        self.pol.reset(_Draws())
+
+    def step(self, view, feeds: dict, uniform: np.ndarray | None):
+        self.inner.rng = _Draws(uniform=uniform)
+        dec = self.pol.decide(view)
+        logits, h, c = self.rec.last
+        return {"actor_out": _np(logits), "h_out": _np(h), "c_out": _np(c)}, dec
+
+
+def factory_maddpg_export(policy, sim, algorithm: str) -> ActorExport:
+    """MADDPG-MATO on the factory (``factory_agents.MaddpgFactoryPolicy``): one actor per device, stacked as
+    MATO's (input ``agent`` = ``view.source``); MATO's eq. 17 action over the factory's remote targets."""
+    from policies.export import StackedAgentActors
+    from policies.train import maddpg
+
+    actors = policy.actor.eval()
+    M, D, K = int(policy.M), sim.obs_dim(), sim.K
+    N = K - 1  # the "servers": edge0..edge{N_edges-1}, cloud
+    names = list(sim.target_names)
+    edges = [i for i, n in enumerate(names) if n.startswith("edge")]
+    graph = StackedAgentActors(actors, M).eval()
+    hidden = [int(layer.weight.shape[2]) for layer in actors.net.net if hasattr(layer, "weight")][:-1]
+    dl_targets = np.asarray(edges, dtype=np.int64)
+
+    def reference(obs: np.ndarray, source: np.ndarray, view) -> tuple[np.ndarray, OffloadDecision]:
+        x = torch.from_numpy(np.ascontiguousarray(obs, dtype=np.float32)).unsqueeze(0).expand(M, -1, -1)
+        rows = torch.arange(obs.shape[0])
+        src = torch.from_numpy(np.asarray(source, dtype=np.int64))
+        with torch.inference_mode():
+            raw = actors.net(x)[src, rows].numpy()
+            act = actors(x)[src, rows].numpy()  # MaddpgFactoryPolicy's deterministic action
+        dec = maddpg.to_decision(act, view)
+        # the factory books the download flag only on an edge server (FactorySimulator: edge target & miss & flag)
+        return raw, OffloadDecision(target=dec.target, share=dec.share,
+                                    download=None if dec.download is None else dec.download & np.isin(dec.target,
+                                                                                                      dl_targets))
+
+    return ActorExport(
+        graph=graph,
+        inputs=[{"name": "obs", "role": "observation", "shape": ["batch", D], "dtype": "float32"},
+                {"name": "agent", "role": "agent_index", "shape": ["batch"], "dtype": "int64", "count": M,
+                 "simulator_attribute": "M", "from": "view.source",
+                 "doc": f"device index 0..{M - 1}: selects that device's actor"}],
+        out_dim=N + 2,
+        action={
+            "decoder": "mato_maddpg", "output": "actor_out", "targets": names,
+            "params": {"servers": N, "eta_stretch": float(maddpg.ETA_STRETCH), "download_threshold": 0.5,
+                       "download_targets": edges},
+            "layout": [
+                {"name": "server_logits", "start": 0, "width": N, "doc": "score of " + ", ".join(names[1:])},
+                {"name": "eta_preactivation", "start": N, "width": 1, "doc": "offloaded share before squashing"},
+                {"name": "download_preactivation", "start": N + 1, "width": 1, "doc": "model-download flag before sigmoid"},
+            ],
+            "postprocess": (f"remote = argmax(server_logits) over {', '.join(names[1:])}; eta = clip({maddpg.ETA_STRETCH} "
+                            f"* sigmoid(eta_preactivation) - {(maddpg.ETA_STRETCH - 1) / 2:g}, 0, 1); target = 'local' if "
+                            "eta == 0 else the remote target; offload_share = eta; download = sigmoid("
+                            "download_preactivation) >= 0.5 and the target is an edge server"),
+            "share": "continuous",
+        },
+        algorithm=algorithm,
+        network=f"{M} per-device MLPs {D}-{'-'.join(map(str, hidden))}-{N + 2} (ReLU), stacked; input 'agent' selects one",
+        reference=reference)
+
+
 # -- dispatch ---------------------------------------------------------------------------------------------
 def export_trained_policy(run_dir: str | Path, sim, resolved: dict, ckpt: dict) -> ActorExport:
     """The export spec of a run whose trainer's ``load_policy`` gives one of the kinds above."""
@@ -475,8 +636,17 @@ def export_trained_policy(run_dir: str | Path, sim, resolved: dict, ckpt: dict) 
     if entry:
         mod = getattr(mod, entry)
     policy = mod.load_policy(Path(run_dir).name, Path(run_dir), sim, resolved, ckpt)
-    from policies.train import amarl, common, ladts, td3, toppo
+    from policies.train import amarl, common, factory_agents, ladts, td3, toppo
 
+    if isinstance(policy, factory_agents.MaddpgFactoryPolicy):
+        return factory_maddpg_export(policy, sim, algo)
+    if isinstance(policy, factory_agents.CandidatePolicy):
+        if isinstance(policy.inner, toppo.TrainedPolicy):
+            return factory_toppo_export(policy, sim, algo)
+        if isinstance(policy.inner, amarl.TrainedPolicy):
+            return factory_amarl_export(policy, sim, algo)
+        raise UserError(f"run '{run_dir}' (algo '{algo}') chooses factory alternatives with a "
+                        f"{type(policy.inner).__name__}, which has no exporter")
     if isinstance(policy, toppo.TrainedPolicy):
         return toppo_export(policy, sim, algo)
     if isinstance(policy, ladts.TrainedPolicy):

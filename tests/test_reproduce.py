@@ -4,6 +4,7 @@ the numbers come from the runs this invocation trained (re-evaluating a run give
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,75 @@ def test_decomposed_team_q_equals_swapping_each_agent():
         joint[:, m] = cur[m]
         ref = critic(critic_input(obs, joint, True, st))[:, :, 0].sum(0)
         assert torch.allclose(q[m], ref, atol=1e-5)
+
+
+# -- the factory (issue #5 items 7 and 8): the learners on the plant, the target line, what ships ----------
+FACTORY_TINY = dict(episodes=2, eval_episodes=1, jobs=1, preset_overrides={"slots_per_episode": 20})
+
+
+@pytest.fixture(scope="module")
+def factory_quick(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repro_factory")
+    res = run("factory", quick=True, seeds=2, out=root / "report", runs=root / "runs", **FACTORY_TINY)
+    return root, res
+
+
+def test_factory_quick_report_states_the_target_against_opt(factory_quick):
+    root, res = factory_quick
+    rep = root / "report"
+    for name in ("report.md", "results.json", "fig_convergence.png", "fig_methods.png"):
+        assert (rep / name).is_file(), name
+    data = json.loads((rep / "results.json").read_text())
+    spec = get_paper("factory")
+    assert data["paper"] == "factory" and data["mode"] == "quick"
+    pt = data["experiments"]["plant"]["points"]["factory"]
+    assert set(pt["methods"]) == {m.key for m in spec.methods}
+    assert {"greedy", "random", "local", "opt"} <= set(pt["methods"])
+    assert set(data["convergence"]["methods"]) == {"factory_distill", "factory_amarl", "factory_maddpg", "factory_toppo"}
+    assert len(data["runs"]) == 4 * 2 and all(r["trained_this_invocation"] for r in data["runs"].values())
+    sel = data["selection"]
+    assert sel["default"] == sel["ranking"][0] and set(sel["best_seed"]) == set(sel["ranking"])
+    # the ranking follows the mean evaluation reward; the target row is the default's gap to opt, as computed here
+    rewards = [pt["methods"][k]["reward"]["mean"] for k in sel["ranking"]]
+    assert rewards == sorted(rewards, reverse=True)
+    d, opt = pt["methods"][sel["default"]], pt["methods"]["opt"]
+    gap = (d["latency_s"]["mean"] - opt["latency_s"]["mean"]) / opt["latency_s"]["mean"]
+    rows = {r["key"]: r for r in data["headline"]}
+    assert rows["latency_gap"]["ours"] == pytest.approx(gap)
+    assert rows["completion_gap"]["ours"] == pytest.approx(d["completion_rate"]["mean"] - opt["completion_rate"]["mean"])
+    assert rows["latency_gap"]["met"] == (gap <= 0.05)
+    text = (rep / "report.md").read_text()
+    assert "## The target: the default offloading agent against opt" in text and "Reduced run" in text
+    assert ("**met**" in text) == (data["targets"][sel["default"]]["met"])
+
+
+def test_factory_numbers_come_from_the_runs_and_the_shipped_files_act_as_them(factory_quick, tmp_path):
+    from policies.evaluate import evaluate
+    from policies.reproduce.factory import regenerate_defaults
+    from policies.runtime import OnnxPolicy, read_contract
+    from policies.scenarios import make_simulator
+
+    root, res = factory_quick
+    pt = res["experiments"]["plant"]["points"]["factory"]
+    sim = make_simulator("factory", {"slots_per_episode": 20})
+    run_dir = pt["runs"]["factory_amarl"][1]
+    again = evaluate(sim, [run_dir], 1, EVAL_SEED_BASE + 1, progress=False).results[run_dir]
+    assert again["reward"] == pytest.approx(pt["methods"]["factory_amarl"]["reward"]["per_seed"][1])
+    with pytest.raises(Exception, match="--quick smoke run"):
+        regenerate_defaults(root / "report", tmp_path / "refused", parity=10)
+    out = tmp_path / "trained"
+    summ = regenerate_defaults(root / "report", out, tmp_path / "runs", parity=300, eval_episodes=1,
+                               allow_quick=True, progress=lambda s: None)
+    sel = res["selection"]
+    assert summ["default"] == f"{sel['default']}_s{sel['best_seed'][sel['default']]['seed']}"
+    assert len(summ["shipped"]) == 4 and (out / "README.md").is_file() and (out / "shipped.json").is_file()
+    for s in summ["shipped"]:
+        f = Path(s["file"])
+        assert f.is_file() and (out / s["name"] / "README.md").is_file() and s["parity"]["passed"]
+        c = read_contract(f)
+        assert c["provenance"]["algorithm"] == s["algo"] and c["provenance"]["seed"] == s["seed"]
+        OnnxPolicy(f, sim)  # the contract holds against the runs' preset
+        # the held-out evaluation of the file is the run's own (same decisions)
+        ev = evaluate(sim, [s["run"], str(f)], 1, 2000, progress=False).results
+        assert ev[str(f)]["reward"] == pytest.approx(ev[s["run"]]["reward"], rel=1e-6)
+        assert summ["evaluation"]["results"][str(f)]["reward"] == pytest.approx(ev[str(f)]["reward"])

@@ -15,7 +15,8 @@ from typing import Any
 from policies.errors import UnknownNameError
 
 PAPERS = {"mato": "policies.reproduce.mato", "aiecof": "policies.reproduce.aiecof", "gmel": "policies.reproduce.gmel",
-          "ladts": "policies.reproduce.ladts", "edgeaigc": "policies.reproduce.edgeaigc"}
+          "ladts": "policies.reproduce.ladts", "edgeaigc": "policies.reproduce.edgeaigc",
+          "factory": "policies.reproduce.factory"}
 
 
 def get_paper(name: str):

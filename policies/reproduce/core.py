@@ -132,7 +132,8 @@ def read_metrics(out: Path) -> list[dict]:
 def run_summary(out: Path) -> dict:
     rows = read_metrics(out)
     ep_s = np.array([r["episode_s"] for r in rows])
-    learning = np.array([math.isfinite(r["critic_loss"]) for r in rows])
+    # episodes with learning updates (a critic loss); a trainer without a critic (factory_distill) learns every episode
+    learning = np.array([math.isfinite(r.get("critic_loss", 0.0)) for r in rows])
     return {"episodes": len(rows), "train_wall_s": float(ep_s.sum()),
             "episode_s_mean": float(ep_s[learning].mean()) if learning.any() else float(ep_s.mean()),
             "config": json.loads((out / "config.json").read_text())}

@@ -49,10 +49,14 @@ def decode_mato_maddpg(out: np.ndarray, view: OffloadView, params: dict[str, Any
     """MADDPG-MATO actor output [N server logits, eta pre-activation, beta pre-activation]:
     server = argmax, eta = clip(stretch * sigmoid(x) - (stretch - 1) / 2, 0, 1), beta = sigmoid(x) >= 0.5;
     eta = 0 runs the task locally (target 0), else target = 1 + server (policies.train.maddpg).
-    Computed in float64 from the float32 outputs (one row: plain Python, the same arithmetic)."""
+    Computed in float64 from the float32 outputs (one row: plain Python, the same arithmetic).
+    Optional ``params['download_targets']`` (MADDPG-MATO on the factory, whose "servers" are the remote
+    targets edge0..edgeN-1 and the cloud): the download flag is kept only for these target indices (the
+    edge servers) and cleared elsewhere, where the simulator ignores it (no cache at the device or cloud)."""
     N = int(params["servers"])
     stretch = float(params["eta_stretch"])
     half, thr = (stretch - 1.0) / 2.0, float(params.get("download_threshold", 0.5))
+    dl_targets = params.get("download_targets")
     if out.shape[0] == 1:  # a single decision: scalar arithmetic is ~5x cheaper than numpy on 1-row arrays
         row = out[0].tolist()
         eta = min(max(stretch / (1.0 + math.exp(-row[N])) - half, 0.0), 1.0)
@@ -60,7 +64,10 @@ def decode_mato_maddpg(out: np.ndarray, view: OffloadView, params: dict[str, Any
         if server < 0:  # no edge server allowed: local
             eta = 0.0
         target = 1 + server if eta > 0 else 0
-        download = np.array([1.0 / (1.0 + math.exp(-row[N + 1])) >= thr]) if view.has_download else None
+        download = None
+        if view.has_download:
+            flag = 1.0 / (1.0 + math.exp(-row[N + 1])) >= thr
+            download = np.array([flag and (dl_targets is None or target in dl_targets)])
         return OffloadDecision(target=np.array([target], dtype=np.int64), share=np.array([eta]), download=download)
     x = np.asarray(out, dtype=np.float64)
     eta = np.minimum(np.maximum(stretch * _sigmoid(x[:, N]) - half, 0.0), 1.0)
@@ -68,6 +75,8 @@ def decode_mato_maddpg(out: np.ndarray, view: OffloadView, params: dict[str, Any
     eta = np.where(view.allowed[:, 1:N + 1].any(axis=1), eta, 0.0)  # no edge server allowed: local
     target = np.where(eta > 0, server + 1, 0).astype(np.int64)
     download = (_sigmoid(x[:, N + 1]) >= thr) if view.has_download else None
+    if download is not None and dl_targets is not None:
+        download = download & np.isin(target, np.asarray(dl_targets, dtype=np.int64))
     return OffloadDecision(target=target, share=eta, download=download)
 
 
@@ -147,6 +156,52 @@ def decode_categorical_target(out: np.ndarray, view: OffloadView, params: dict[s
     if uniform is None:
         return decode_argmax_target(out, view, params)
     return OffloadDecision(target=sample_categorical(out, uniform, params, view.allowed))
+
+
+def _alternatives(params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    alt = params["alternatives"]
+    return (np.asarray(alt["target"], dtype=np.int64), np.asarray(alt["share"], dtype=np.float64),
+            np.asarray(alt["download"], dtype=bool))
+
+
+def decode_factory_alternatives(out: np.ndarray, view: OffloadView, params: dict[str, Any],
+                                uniform: np.ndarray | None = None) -> OffloadDecision:
+    """One score per joint alternative (target, share, download) of the factory (``sim.candidates()``:
+    local; every edge server x share level x download; cloud x share level), as AMARL and TOPPO choose
+    on the factory (``policies.train.factory_agents``): ``params['alternatives']`` lists the
+    alternatives' ``target``, ``share`` and ``download`` columns. Without ``uniform`` the argmax
+    (numpy's first maximum) over the alternatives whose target the view allows; with it (mode
+    ``sample``) the inverse-CDF draw of :func:`sample_categorical` over them. The chosen alternative is
+    the decision: its target, share and download flag, as ``FactoryAdapter.candidate_decision``."""
+    tg, sh, dl = _alternatives(params)
+    if out.shape[1] != tg.size:
+        raise ValueError(f"the policy scores {out.shape[1]} alternatives, its contract lists {tg.size}")
+    allowed = view.allowed[:, tg] if view.allowed is not None else np.ones(out.shape, dtype=bool)
+    if uniform is not None:
+        choice = sample_categorical(out, uniform, params, allowed)
+    elif out.shape[0] == 1:
+        choice = np.array([max(_argmax_allowed(out[0].tolist(), allowed[0].tolist()), 0)], dtype=np.int64)
+    else:
+        choice = _masked_argmax(out, allowed).astype(np.int64)
+    return OffloadDecision(target=tg[choice], share=sh[choice], download=dl[choice])
+
+
+def check_factory_alternatives(params: dict[str, Any], sim, source: str) -> str | None:
+    """The file's alternatives must be the simulator's ``candidates()``, in order (the action indexes them)."""
+    cand = getattr(sim, "candidates", None)
+    if cand is None:
+        return f"'{source}' chooses among a factory's joint alternatives, but scenario '{sim.name}' has none"
+    want = cand()
+    have = _alternatives(params)
+    if want[0].size != have[0].size:
+        return (f"'{source}' chooses among {have[0].size} alternatives (target, share, download), but the simulator "
+                f"offers {want[0].size}")
+    for name, a, b in zip(("target", "share", "download"), have, want):
+        if not np.array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)):
+            i = int(np.nonzero(np.asarray(a, dtype=np.float64) != np.asarray(b, dtype=np.float64))[0][0])
+            return (f"'{source}' alternative {i} has {name} {a[i]!r}, but the simulator's alternative {i} has "
+                    f"{name} {b[i]!r} (another set of servers or share levels)")
+    return None
 
 
 def project_allocation_row(view: Any, x: np.ndarray, rule: str, floor: float):
@@ -245,6 +300,7 @@ DECODERS: dict[str, Callable[[np.ndarray, OffloadView, dict], OffloadDecision]] 
     "argmax_target": decode_argmax_target,
     "categorical_target": decode_categorical_target,
     "edgeaigc_projection": decode_edgeaigc_projection,
+    "factory_alternatives": decode_factory_alternatives,
 }
 
 # The view a decoder reads: "offload" (OffloadView rows -> OffloadDecision) or "allocation"
@@ -252,12 +308,13 @@ DECODERS: dict[str, Callable[[np.ndarray, OffloadView, dict], OffloadDecision]] 
 DECODER_VIEWS = {"edgeaigc_projection": "allocation"}
 
 # Load-time checks of a decoder's parameters against the simulator: (params, sim, source) -> error or None.
-DECODER_CHECKS: dict[str, Callable[[dict, Any, str], str | None]] = {"edgeaigc_projection": check_edgeaigc_projection}
+DECODER_CHECKS: dict[str, Callable[[dict, Any, str], str | None]] = {"edgeaigc_projection": check_edgeaigc_projection,
+                                                                    "factory_alternatives": check_factory_alternatives}
 
 
 # Decoders whose share is one of a few levels (a discrete choice) rather than a continuous value.
 DISCRETE_SHARE = {"mato_maddpg": False, "factory_heads": True, "argmax_target": True, "categorical_target": True,
-                  "edgeaigc_projection": False}
+                  "edgeaigc_projection": False, "factory_alternatives": True}
 
 
 def discrete_key(decision: OffloadDecision, share_is_discrete: bool) -> np.ndarray:
