@@ -24,6 +24,7 @@ Equations (cost model functions in policies.cost):
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -276,7 +277,7 @@ class EdgeTierRequest:
         return int(self.rows.size)
 
 
-class EdgeScheduler:
+class EdgeScheduler(abc.ABC):
     """Inter-server scheduling of the edge tier (spec §8.1). ``schedule`` returns, per task of the
     request, the server that runs it (0..N-1). A server that cannot run the task (``can_run`` False)
     means "no forwarding": the task stays at its station if the station can run it, else it goes to the
@@ -288,8 +289,9 @@ class EdgeScheduler:
     def reset(self, sim: "FactorySimulator") -> None:
         """Called by ``FactorySimulator.reset`` at the start of every episode."""
 
+    @abc.abstractmethod
     def schedule(self, sim: "FactorySimulator", req: EdgeTierRequest) -> np.ndarray:
-        raise NotImplementedError
+        """The server (0..N-1) that runs each task of ``req``."""
 
 
 class EarliestFinishScheduler(EdgeScheduler):
@@ -327,7 +329,7 @@ class CachePlan:
     download_share: np.ndarray
 
 
-class CachePolicy:
+class CachePolicy(abc.ABC):
     """Caching and download-bandwidth allocation of the edge servers, every ``period_slots`` slots
     (spec §8.2). ``plan`` sees the simulator at the period's first slot start (before its view is
     built) and returns a :class:`CachePlan`; between plans the caches evolve by the default rule (the
@@ -339,8 +341,9 @@ class CachePolicy:
     def reset(self, sim: "FactorySimulator") -> None:
         """Called by ``FactorySimulator.reset`` at the start of every episode."""
 
+    @abc.abstractmethod
     def plan(self, sim: "FactorySimulator") -> CachePlan:
-        raise NotImplementedError
+        """The caches and download shares from this slot on."""
 
 
 class KeepCachePolicy(CachePolicy):
