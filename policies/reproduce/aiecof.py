@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from policies.reproduce.core import (EVAL_SEED_BASE, Experiment, Method, PaperSpec, Point, Settings, _msg, _stats,
-                                     _train_job, read_metrics, run_finished)
+                                     _train_job, read_metrics, run_finished, training_and_runs_sections)
 from policies.reproduce.png import Panel, Series, figure
 
 METHODS = (
@@ -711,22 +711,7 @@ def write_report(results: dict, out: Path) -> None:
              "needs negative terms the printed sigmas cannot give (spec 2.3). Round-Robin's dropout is 0.44 here vs "
              "0.16 (one task per ES per slot, eq. 18; spec 2.1).")
     L.append("- Fig. 7's 'early stage' is not defined in the paper; we take the policy after one training episode.\n")
-    L.append("## Training wall time\n")
-    L.append("| point | method | seeds | episodes | train wall (s, mean over seeds) | s per episode |")
-    L.append("|---|---|---|---|---|---|")
-    groups: dict = {}
-    for d, r in results["runs"].items():
-        groups.setdefault((r["point"], r["algo"]), []).append(r)
-    for (p, a), rs in sorted(groups.items()):
-        L.append(f"| {p} | {labels[a]} | {len(rs)} | {rs[0]['episodes']} | "
-                 f"{sum(x['train_wall_s'] for x in rs) / len(rs):.0f} | "
-                 f"{sum(x['episode_s_mean'] for x in rs) / len(rs):.2f} |")
-    L.append("\nMeasured on a 2-core machine shared with other jobs (one torch thread per run, "
-             f"{results['machine']['jobs']} runs in parallel): upper bounds for an idle core.\n")
-    L.append("## Runs\n")
-    L.append("Run directories (each a policy for `aigc-offload evaluate`): " +
-             ", ".join(f"`{d}`" for d in list(results["runs"])[:6]) + (" ..." if len(results["runs"]) > 6 else "") +
-             "; the full list with per-seed numbers is in `results.json`.\n")
+    L += training_and_runs_sections(results, labels, decimals=2)
     (out / "report.md").write_text("\n".join(L) + "\n")
 
 

@@ -337,3 +337,28 @@ def rewrite_report(spec: PaperSpec, out: Path, runs: Path) -> dict:
     path.write_text(json.dumps(results, indent=1, default=float) + "\n")
     return results
 
+
+
+def training_and_runs_sections(results: dict, labels: dict, *, decimals: int = 2, evaluate_hint: str = "") -> list[str]:
+    """The report's "Training wall time" table (per point and method: seeds, episodes, mean train wall
+    time and seconds per episode) and its "Runs" paragraph, as markdown lines. ``evaluate_hint``: the
+    options a run needs as a policy (e.g. ``--set num_users=U``)."""
+    L = ["## Training wall time\n",
+         "| point | method | seeds | episodes | train wall (s, mean over seeds) | s per episode (with updates) |",
+         "|---|---|---|---|---|---|"]
+    groups: dict = {}
+    for r in results["runs"].values():
+        groups.setdefault((r["point"], r["algo"]), []).append(r)
+    for (p, a), rs in sorted(groups.items()):
+        L.append(f"| {p} | {labels[a]} | {len(rs)} | {rs[0]['episodes']} | "
+                 f"{sum(x['train_wall_s'] for x in rs) / len(rs):.0f} | "
+                 f"{sum(x['episode_s_mean'] for x in rs) / len(rs):.{decimals}f} |")
+    L.append("\nWall times are measured on a 2-core machine shared with other jobs (one torch thread per run, "
+             f"{results['machine']['jobs']} runs in parallel); they are upper bounds for an idle core.\n")
+    runs = list(results["runs"])
+    hint = f" {evaluate_hint}" if evaluate_hint else ""
+    L.append("## Runs\n")
+    L.append(f"Run directories (each a policy for `aigc-offload evaluate{hint}`): " +
+             ", ".join(f"`{d}`" for d in runs[:6]) + (" ..." if len(runs) > 6 else "") +
+             "; the full list with per-seed numbers is in `results.json`.\n")
+    return L

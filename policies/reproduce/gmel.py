@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.reproduce.core import Experiment, Method, PaperSpec, Point, Settings
+from policies.reproduce.core import Experiment, Method, PaperSpec, Point, Settings, training_and_runs_sections
 from policies.reproduce.png import Panel, Series, figure
 
 OURS = "amarl"
@@ -341,22 +341,7 @@ def write_report(results: dict, out: Path) -> None:
         for k, c in conv.items():
             L.append(f"| {labels[k]} | {_fmt(c['final_reward'])} | {ce.get(k, '-')} |")
         L.append("")
-    L.append("## Training wall time\n")
-    L.append("| point | method | seeds | episodes | train wall (s, mean over seeds) | s per episode (with updates) |")
-    L.append("|---|---|---|---|---|---|")
-    groups: dict = {}
-    for d, r in results["runs"].items():
-        groups.setdefault((r["point"], r["algo"]), []).append(r)
-    for (p, a), rs in sorted(groups.items()):
-        L.append(f"| {p} | {labels[a]} | {len(rs)} | {rs[0]['episodes']} | "
-                 f"{sum(x['train_wall_s'] for x in rs) / len(rs):.0f} | "
-                 f"{sum(x['episode_s_mean'] for x in rs) / len(rs):.2f} |")
-    L.append("\nWall times are measured on a 2-core machine shared with other jobs (one torch thread per run, "
-             f"{results['machine']['jobs']} runs in parallel); they are upper bounds for an idle core.\n")
-    L.append("## Runs\n")
-    L.append("Run directories (each a policy for `aigc-offload evaluate`): " +
-             ", ".join(f"`{d}`" for d in list(results["runs"])[:6]) + (" ..." if len(results["runs"]) > 6 else "") +
-             "; the full list with per-seed numbers is in `results.json`.\n")
+    L += training_and_runs_sections(results, labels, decimals=2)
     (out / "report.md").write_text("\n".join(L) + "\n")
 
 
