@@ -177,11 +177,10 @@ class LstmActorStep(nn.Module):
         return self.actor(obs, h, c)
 
 
-def toppo_export(policy, sim, algorithm: str) -> ActorExport:
-    """TOPPO's ``ActorLSTM`` (toppo.TrainedPolicy): LSTM state (h, c) per device, zero at an episode start."""
-    actor = policy.actor.eval()
-    D, names = sim.obs_dim(), target_names(sim)
-    K, H = len(names), int(actor.lstm_hidden)
+def lstm_contract(obs_dim: int, hidden: int) -> tuple[list[dict], list[dict]]:
+    """Contract ``inputs`` and ``state`` of a per-device LSTM actor (TOPPO): observation, h and c in;
+    h and c kept per device (view.source) between decisions, zeros at an episode start."""
+    D, H = obs_dim, hidden
     state_doc = "{} of the device's LSTM after its previous decision (zeros at an episode start)"
     inputs = [{"name": "obs", "role": "observation", "shape": ["batch", D], "dtype": "float32"},
               {"name": "h_in", "role": "state", "shape": ["batch", H], "dtype": "float32",
@@ -191,6 +190,15 @@ def toppo_export(policy, sim, algorithm: str) -> ActorExport:
     state = [{"input": f"{x}_in", "output": f"{x}_out", "shape": [H], "dtype": "float32", "init_value": 0.0,
               "key": "source", "doc": f"LSTM {x} per device (view.source), carried from its previous decision"}
              for x in ("h", "c")]
+    return inputs, state
+
+
+def toppo_export(policy, sim, algorithm: str) -> ActorExport:
+    """TOPPO's ``ActorLSTM`` (toppo.TrainedPolicy): LSTM state (h, c) per device, zero at an episode start."""
+    actor = policy.actor.eval()
+    D, names = sim.obs_dim(), target_names(sim)
+    K, H = len(names), int(actor.lstm_hidden)
+    inputs, state = lstm_contract(D, H)
     modes = {"deterministic": "target = argmax of the logits (toppo eval_sample = false)",
              "sample": "target ~ softmax(logits) in float64 (toppo.TrainedPolicy, Algorithm 1 line 8): " + SAMPLE_RULE}
     action = {"decoder": "categorical_target", "output": "actor_out", "targets": names, "params": {"output": "logits"},
@@ -515,15 +523,7 @@ def factory_toppo_export(policy, sim, algorithm: str) -> ActorExport:
     inner = policy.inner
     actor = inner.actor.eval()
     D, C, H = sim.obs_dim(), policy.adapter.num_candidates, int(actor.lstm_hidden)
-    state_doc = "{} of the device's LSTM after its previous decision (zeros at an episode start)"
-    inputs = [{"name": "obs", "role": "observation", "shape": ["batch", D], "dtype": "float32"},
-              {"name": "h_in", "role": "state", "shape": ["batch", H], "dtype": "float32",
-               "doc": state_doc.format("hidden state h")},
-              {"name": "c_in", "role": "state", "shape": ["batch", H], "dtype": "float32",
-               "doc": state_doc.format("cell state c")}]
-    state = [{"input": f"{x}_in", "output": f"{x}_out", "shape": [H], "dtype": "float32", "init_value": 0.0,
-              "key": "source", "doc": f"LSTM {x} per device (view.source), carried from its previous decision"}
-             for x in ("h", "c")]
+    inputs, state = lstm_contract(D, H)
     modes = {"deterministic": "alternative = argmax of the logits (factory_toppo eval_sample = false)",
              "sample": "alternative ~ softmax(logits) in float64 (toppo.TrainedPolicy, Algorithm 1 line 8): "
                        + SAMPLE_RULE}

@@ -362,3 +362,23 @@ def training_and_runs_sections(results: dict, labels: dict, *, decimals: int = 2
              ", ".join(f"`{d}`" for d in runs[:6]) + (" ..." if len(runs) > 6 else "") +
              "; the full list with per-seed numbers is in `results.json`.\n")
     return L
+
+
+def invocation_lines(results: dict) -> list[str]:
+    """The report's account of its own cost: this invocation's wall time (training, evaluation), every
+    invocation on the runs directory, and the training compute of all runs, as markdown lines."""
+    w, m = results["wall_s"], results["machine"]
+    L = [f"Wall time of this invocation: {w['total']:.0f} s ({w['total'] / 60:.1f} min) on {m['cpus']} shared "
+         f"cores, {w['trained_now']} runs trained or resumed now, {w['reused']} reused; training "
+         f"{w['training']:.0f} s, evaluation {w['evaluation']:.0f} s.\n"]
+    inv = results.get("invocations", [])
+    if inv:
+        L.append("Invocations on this runs directory (UTC start, elapsed, runs trained):\n")
+        for i in inv:
+            L.append(f"- {i['started']}: `{' '.join(i['command'])}`, {i['wall_s']:.0f} s ({i['wall_s'] / 60:.1f} min), "
+                     f"{i['trained_now']} runs trained" + (f" ({i['note']})" if i.get("note") else ""))
+        L.append("")
+    if "training_compute_s" in results:
+        L.append(f"Training compute, the sum of every run's training wall time: {results['training_compute_s']:.0f} s "
+                 f"({results['training_compute_s'] / 3600:.2f} h, {m['jobs']} runs in parallel).\n")
+    return L

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.reproduce.core import Experiment, Method, PaperSpec, Point, Settings, training_and_runs_sections
+from policies.reproduce.core import (Experiment, Method, PaperSpec, Point, Settings, invocation_lines,
+                                     training_and_runs_sections)
 from policies.reproduce.png import Panel, Series, figure
 
 OURS = "amarl"
@@ -252,7 +253,6 @@ def write_report(results: dict, out: Path) -> None:
     results["headline"] = rows
     figs = _figures(results, out)
     st = results["settings"]
-    w = results["wall_s"]
     labels = {k: v["label"] for k, v in results["methods"].items()}
     L = []
     L.append(f"# GMEL (paper 001) reproduced: {results['title']}\n")
@@ -268,19 +268,7 @@ def write_report(results: dict, out: Path) -> None:
              "algorithm overrides "
              f"{st['algo_overrides'] or 'none'} over the defaults (the paper's lr 1e-3 actor / 5e-3 critic, gamma 0.99, "
              "batch 64, dropout 0.1; our choices in policies/train/amarl.py and gmel_baselines.py).\n")
-    L.append(f"Wall time of this invocation: {w['total']:.0f} s ({w['total'] / 60:.1f} min) on {results['machine']['cpus']} "
-             f"shared cores, {w['trained_now']} runs trained or resumed now, {w['reused']} reused; training "
-             f"{w['training']:.0f} s, evaluation {w['evaluation']:.0f} s.\n")
-    inv = results.get("invocations", [])
-    if inv:
-        L.append("Invocations on this runs directory (UTC start, elapsed, runs trained):\n")
-        for i in inv:
-            L.append(f"- {i['started']}: `{' '.join(i['command'])}`, {i['wall_s']:.0f} s ({i['wall_s'] / 60:.1f} min), "
-                     f"{i['trained_now']} runs trained")
-        L.append("")
-    if "training_compute_s" in results:
-        L.append(f"Training compute, the sum of every run's training wall time: {results['training_compute_s']:.0f} s "
-                 f"({results['training_compute_s'] / 3600:.2f} h, {results['machine']['jobs']} runs in parallel).\n")
+    L += invocation_lines(results)
 
     L.append("## Headline: ours vs the paper\n")
     L.append("| what | ours (percentage points) | ours (relative) | paper | paper's reference |\n|---|---|---|---|---|")

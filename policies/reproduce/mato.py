@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from policies.reproduce.core import Experiment, Method, PaperSpec, Point, Settings, training_and_runs_sections
+from policies.reproduce.core import (Experiment, Method, PaperSpec, Point, Settings, invocation_lines,
+                                     training_and_runs_sections)
 from policies.reproduce.png import Panel, Series, figure
 
 METHODS = (
@@ -191,7 +192,6 @@ def write_report(results: dict, out: Path) -> None:
     results["headline"] = rows
     figs = _figures(results, out)
     st = results["settings"]
-    w = results["wall_s"]
     labels = {k: v["label"] for k, v in results["methods"].items()}
     L = []
     L.append(f"# MATO (paper 000) reproduced: {results['title']}\n")
@@ -205,19 +205,7 @@ def write_report(results: dict, out: Path) -> None:
              f"run (20 steps each), evaluation {st['eval_episodes']} episodes per seed on common workloads "
              f"(seed {1000}+k), algorithm overrides {st['algo_overrides'] or 'none'} over the paper's "
              "hyperparameters (lr 1e-3, gamma 0.95, tau 0.01, buffer 10,000, batch 1024).\n")
-    L.append(f"Wall time of this invocation: {w['total']:.0f} s ({w['total'] / 60:.1f} min) on {results['machine']['cpus']} "
-             f"shared cores, {w['trained_now']} runs trained or resumed now, {w['reused']} reused; training "
-             f"{w['training']:.0f} s, evaluation {w['evaluation']:.0f} s.\n")
-    inv = results.get("invocations", [])
-    if inv:
-        L.append("Invocations on this runs directory (UTC start, elapsed, runs trained):\n")
-        for i in inv:
-            L.append(f"- {i['started']}: `{' '.join(i['command'])}`, {i['wall_s']:.0f} s ({i['wall_s'] / 60:.1f} min), "
-                     f"{i['trained_now']} runs trained" + (f" ({i['note']})" if i.get("note") else ""))
-        L.append("")
-    if "training_compute_s" in results:
-        L.append(f"Training compute, the sum of every run's training wall time: {results['training_compute_s']:.0f} s "
-                 f"({results['training_compute_s'] / 3600:.2f} h, {results['machine']['jobs']} runs in parallel).\n")
+    L += invocation_lines(results)
     L.append("## Headline: ours vs the paper\n")
     L.append("| what | ours | paper | paper's reference |\n|---|---|---|---|")
     for r in rows:
