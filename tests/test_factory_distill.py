@@ -97,6 +97,24 @@ def test_dagger_labels_equal_opt_when_following_the_expert():
     assert res0["rew"].shape == res["rew"].shape and 0.0 <= res0["agreement"] <= 1.0
 
 
+def test_drop_weight_charges_exactly_the_alternatives_that_miss_their_deadline():
+    # a loaded plant: some alternatives of some tasks miss their deadline
+    sim = make_simulator("factory", {"slots_per_episode": 8})
+    wl = sim.generate_workload(episode_rng(3, 0, 0), 0)
+    cands = fd.Candidates(sim)
+    res = fd.collect_episode(sim, None, cands, wl, beta=1.0, rng=np.random.default_rng(0))
+    rew, done = res["rew"], res["done"]
+    assert done.shape == rew.shape and done.dtype == bool and (~done).any() and done.any()
+    # the simulator's own drop rule: a dropped alternative carries the reward's P_e
+    assert (rew[~done] <= -sim.preset.drop_penalty + 1e-6).all()
+    assert fd.training_rewards(rew, done, 0.0) is rew
+    adj = fd.training_rewards(rew, done, 20.0)
+    np.testing.assert_allclose(adj[done], rew[done])
+    np.testing.assert_allclose(adj[~done], rew[~done] - 20.0, rtol=1e-6)
+    val = {"reward": -0.5, "completion_rate": 0.99}
+    assert fd.selection_score(val, 0.0) == -0.5 and fd.selection_score(val, 20.0) == pytest.approx(-0.7)
+
+
 def test_tiny_run_writes_and_resumes_and_evaluates(tmp_path):
     straight = tmp_path / "straight"
     last = train("factory_distill", "factory", 0, straight, TINY, episodes=4, progress=False)

@@ -130,10 +130,11 @@ def test_cache_plan_downloads_new_models_at_their_share_and_is_validated():
 
 
 # -- TD3's projection: always feasible -----------------------------------------------------------------------
+@pytest.mark.parametrize("cache_action", fe.CACHE_ACTIONS)
 @pytest.mark.parametrize("overrides", [{}, {"edge_storage_mb": [250.0, 300.0, 400.0, 900.0]}])
-def test_td3_plan_is_always_feasible(overrides):
+def test_td3_plan_is_always_feasible(overrides, cache_action):
     sim = make_simulator("factory", {**TINY_PRESET, **overrides})
-    proj = fe.projection_for(sim)
+    proj = fe.projection_for(sim, cache_action)
     rng = np.random.default_rng(0)
     B = 500
     a = np.concatenate([rng.uniform(-1, 1, (B, 2 * sim.N * sim.L)), rng.choice([-1.0, 1.0], (B, 2 * sim.N * sim.L)),
@@ -155,6 +156,35 @@ def test_td3_plan_is_always_feasible(overrides):
         sim.cache[:] = current[b]  # the caches the projection saw (the plan's "new" is relative to them)
         sim.view()
         assert np.array_equal(sim.cache, cache[b])
+
+
+def test_relative_cache_action_keeps_the_caches_at_zero_and_flips_past_one_half():
+    sim = make_simulator("factory", TINY_PRESET)
+    proj = fe.projection_for(sim, "relative")
+    N, L = sim.N, sim.L
+    # a feasible current layout with room left: the smallest model on every server
+    current = torch.zeros(1, N, L, dtype=torch.bool)
+    current[0, :, int(np.argmin(sim.model_size_mb))] = True
+    a = torch.zeros(1, 2 * N * L, dtype=torch.float64)
+    with torch.no_grad():
+        cache, share = proj(a, current)
+    assert torch.equal(cache, current) and not share.any()  # zero action = keep everything, nothing new
+    held = torch.nonzero(current[0])[0]
+    a_drop = a.clone()
+    a_drop[0, held[0] * L + held[1]] = -0.6  # below -0.5: dropped
+    with torch.no_grad():
+        cache, _ = proj(a_drop, current)
+    assert not cache[0, held[0], held[1]] and cache.sum() == current.sum() - 1
+    n, m = next((n, m) for n in range(N) for m in range(L) if not current[0, n, m]
+                and sim.model_size_mb[m] <= sim.preset.edge_storage_mb[n] - float((current[0, n].numpy() * sim.model_size_mb).sum()))
+    for score, added in ((0.4, False), (0.6, True)):
+        a_add = a.clone()
+        a_add[0, n * L + m] = score
+        with torch.no_grad():
+            cache, share = proj(a_add, current)
+        assert bool(cache[0, n, m]) == added and bool(share[0, n, m] > 0) == added
+    with pytest.raises(Exception, match="cache_action"):
+        fe.projection_for(sim, "sideways")
 
 
 # -- training: tiny runs, repeatability, resume ----------------------------------------------------------------

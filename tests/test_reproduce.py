@@ -179,6 +179,16 @@ def test_factory_quick_report_states_the_target_against_opt(factory_quick):
     assert rows["latency_gap"]["met"] == (gap <= 0.05)
     text = (rep / "report.md").read_text()
     assert "## The target: the default offloading agent against opt" in text and "Reduced run" in text
+    # the edge tier: both agents trained per seed and compared with the default rules under the gateway
+    edge = data["extra"]["edge_tier"]
+    assert edge["gateways"] == ["greedy"]  # preset overrides: the shipped gateway file does not fit this plant
+    methods = edge["methods"]["greedy"]
+    assert {"default (earliest finish + LRU)", "random scheduling", "LAD-TS scheduling", "random caching",
+            "TD3 caching", "LAD-TS + TD3"} <= set(methods)
+    assert all(m["reward"]["n"] == 2 for m in methods.values())
+    assert sorted(r["algo"] for r in edge["runs"].values()) == ["factory_ladts"] * 2 + ["factory_td3"] * 2
+    assert "## The edge tier: LAD-TS scheduling and TD3 caching behind the gateway" in text
+    assert f"{methods['LAD-TS scheduling']['reward']['mean']:.4g}" in text
     assert ("**met**" in text) == (data["targets"][sel["default"]]["met"])
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from policies.reproduce import factory_edge
 from policies.reproduce.core import EVAL_SEED_BASE, Experiment, Method, PaperSpec, Point, Settings, invocation_lines
 from policies.reproduce.png import Panel, Series, figure
 
@@ -266,6 +267,8 @@ def write_report(results: dict, out: Path) -> None:
     L.append("\nThe best seed is chosen on the evaluation workloads of this report, so its number here is optimistic; "
              "each card evaluates the shipped file again on held-out workloads (seed 2000).\n")
 
+    L += factory_edge.report_lines(results)
+
     conv = results["convergence"]["methods"]
     if conv:
         L.append("## Convergence\n")
@@ -299,10 +302,11 @@ def write_report(results: dict, out: Path) -> None:
     (out / "report.md").write_text("\n".join(L) + "\n")
 
 
-SPEC = PaperSpec(name="factory", title="MADDPG-MATO, AMARL, TOPPO and factory_distill on the factory scenario",
+SPEC = PaperSpec(name="factory", title="MADDPG-MATO, AMARL, TOPPO and factory_distill on the factory scenario; "
+                 "LAD-TS and TD3 on its edge tier",
                  source="docs/papers/factory.md section 7; issue #5 item 7", scenario="factory", methods=METHODS,
                  experiments=EXPERIMENTS, full=full, quick=quick, convergence_point=POINT.name,
-                 write_report=write_report)
+                 write_report=write_report, extra=factory_edge.extra)
 
 
 # -- the shipped policies (`aigc-offload policies regenerate`) -----------------------------------------

@@ -959,9 +959,10 @@ class FactorySimulator(Simulator):
 
     def price_alternatives(self, k: int, prefix_target: np.ndarray, prefix_share: np.ndarray,
                            prefix_download: np.ndarray, target: np.ndarray, share: np.ndarray,
-                           download: np.ndarray) -> np.ndarray:
+                           download: np.ndarray, with_done: bool = False):
         """Reward of the slot's task k under each alternative, after the decided tasks 0..k-1
-        (each alternative is priced on its own copy of the state, in one vectorized call)."""
+        (each alternative is priced on its own copy of the state, in one vectorized call); with
+        ``with_done`` also whether the task completes within its deadline under each alternative."""
         r = self.rows()
         C = target.size
         rows = np.tile(r[: k + 1], C)
@@ -969,6 +970,8 @@ class FactorySimulator(Simulator):
         sh = np.concatenate([np.r_[prefix_share[:k], s] for s in share])
         dl = np.concatenate([np.r_[prefix_download[:k], d] for d in download]).astype(bool)
         o = self.price(rows, tg, sh, dl, group=np.repeat(np.arange(C), k + 1), num_groups=C)
+        if with_done:
+            return o["reward"][k:: k + 1], o["done"][k:: k + 1]
         return o["reward"][k:: k + 1]
 
 

@@ -78,6 +78,10 @@ class Config:
     ft_lr: float = 3e-4  # stage 2
     ft_ce_weight: float = 0.1
     ft_regret_weight: float = 1.0
+    # [ours] completion first: the loss (labels and expected regret) charges every alternative that misses
+    # its deadline this much beyond the reward's own P_e; held-out selection charges the drop rate alike.
+    # 0 = the factory's reward as is.
+    drop_weight: float = 0.0
     val_seed: int = 500  # held-out evaluation workloads: episode_rng(val_seed, k, 0)
     val_episodes: int = 6
     checkpoint_every: int = 1  # iterations
@@ -170,7 +174,7 @@ def collect_episode(sim, actor: FactoryActor | None, cands: Candidates, workload
     how often the actor agreed with the expert."""
     sim.reset(workload)
     K, levels = sim.K, np.asarray(sim.preset.share_levels, dtype=np.float64)
-    obs_rows, rew_rows = [], []
+    obs_rows, rew_rows, done_rows = [], [], []
     agree = 0
     ct, cs, cd = cands.target, cands.share, cands.download
     while not sim.done:
@@ -188,7 +192,7 @@ def collect_episode(sim, actor: FactoryActor | None, cands: Candidates, workload
             learner = None
         target, share, download = np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool)
         for k in range(n):
-            rew = sim.price_alternatives(k, target, share, download, ct, cs, cd)
+            rew, done = sim.price_alternatives(k, target, share, download, ct, cs, cd, with_done=True)
             best = int(np.argmax(rew))
             c = best
             if learner is not None:
@@ -197,11 +201,13 @@ def collect_episode(sim, actor: FactoryActor | None, cands: Candidates, workload
                     c = learner[k]
             target[k], share[k], download[k] = ct[c], cs[c], cd[c]
             rew_rows.append(rew.astype(np.float32))
+            done_rows.append(done.astype(bool))
         obs_rows.append(obs)
         sim.step(OffloadDecision(target=target, share=share, download=download))
     n_tot = len(rew_rows)
     return {"obs": np.concatenate(obs_rows) if obs_rows else np.zeros((0, sim.obs_dim()), np.float32),
             "rew": np.stack(rew_rows) if rew_rows else np.zeros((0, cands.size), np.float32),
+            "done": np.stack(done_rows) if done_rows else np.zeros((0, cands.size), bool),
             "metrics": sim.episode_metrics(),
             "agreement": agree / n_tot if (n_tot and learner is not None) else float("nan")}
 
@@ -227,6 +233,19 @@ def losses(actor: FactoryActor, cands: Candidates, obs: torch.Tensor, rew: torch
     logp = lpt[:, ct] + torch.where(us, lps[:, cl], 0.0) + torch.where(ud, lpd[:, cd], 0.0)
     regret = rew.max(dim=1, keepdim=True).values - rew
     return ce, (logp.exp() * regret).sum(dim=1).mean()
+
+
+def training_rewards(rew: np.ndarray, done: np.ndarray, drop_weight: float) -> np.ndarray:
+    """The reward vectors the loss sees: the simulator's, minus ``drop_weight`` for every alternative that
+    misses its deadline (Config.drop_weight)."""
+    if drop_weight == 0.0:
+        return rew
+    return (rew - np.float32(drop_weight) * (~done)).astype(np.float32)
+
+
+def selection_score(val: dict, drop_weight: float) -> float:
+    """Held-out score of an actor: mean reward per task minus ``drop_weight`` per dropped task."""
+    return float(val["reward"] - drop_weight * (1.0 - val["completion_rate"]))
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
@@ -287,7 +306,9 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
         wall = float(ckpt.get("wall_s", 0.0))
         for i in range(iteration):
             with np.load(data_dir / f"iter_{i:04d}.npz") as z:
-                data.append({"obs": z["obs"], "rew": z["rew"]})
+                # data of runs made before the done flags were kept: only used with drop_weight 0
+                done = z["done"] if "done" in z.files else np.ones(z["rew"].shape, bool)
+                data.append({"obs": z["obs"], "rew": z["rew"], "done": done})
 
     def stage_of(episode: int) -> int:
         return 2 if episode >= cfg.dagger_episodes else 1
@@ -316,7 +337,7 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
             end = min(episode + cfg.episodes_per_iter, cfg.episodes)
             if stage == 1:
                 end = min(end, cfg.dagger_episodes)  # an iteration never spans both stages
-            rows, new_obs, new_rew = [], [], []
+            rows, new_obs, new_rew, new_done = [], [], [], []
             actor.eval()
             for ep in range(episode, end):
                 t0 = time.perf_counter()
@@ -324,6 +345,7 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                 res = collect_episode(sim, actor, cands, wl, beta, np_rng)
                 new_obs.append(res["obs"])
                 new_rew.append(res["rew"])
+                new_done.append(res["done"])
                 m = res["metrics"]
                 rows.append({"episode": ep, "iteration": iteration, "stage": stage, "beta": beta,
                              "reward": m["reward"], "latency_s": m["latency_s"],
@@ -332,7 +354,7 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                 bar.set_postfix_str(f"it={iteration} beta={beta:.2f} reward={m['reward']:.3f} "
                                     f"done={m['completion_rate']:.2%}", refresh=False)
                 bar.update(1)
-            chunk = {"obs": np.concatenate(new_obs), "rew": np.concatenate(new_rew)}
+            chunk = {"obs": np.concatenate(new_obs), "rew": np.concatenate(new_rew), "done": np.concatenate(new_done)}
             data_dir.mkdir(exist_ok=True)
             tmp = data_dir / f"iter_{iteration:04d}.tmp.npz"
             np.savez(tmp, **chunk)
@@ -340,7 +362,8 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
             data.append(chunk)
             # -- update on the aggregated data
             all_obs = np.concatenate([d["obs"] for d in data])
-            all_rew = np.concatenate([d["rew"] for d in data])
+            all_rew = training_rewards(np.concatenate([d["rew"] for d in data]),
+                                       np.concatenate([d["done"] for d in data]), cfg.drop_weight)
             lab = cands.labels(all_rew)
             w_ce, w_rg = (cfg.ce_weight, cfg.regret_weight) if stage == 1 else (cfg.ft_ce_weight, cfg.ft_regret_weight)
             if stage == 2:
@@ -361,8 +384,9 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                 rg_sum += rg.item()
             actor.eval()
             val = evaluate_actor(sim, actor, val_workloads, cfg.val_seed)
-            if val["reward"] > best_reward:
-                best_reward, best_episode, best_val = val["reward"], end, val
+            score = selection_score(val, cfg.drop_weight)
+            if score > best_reward:
+                best_reward, best_episode, best_val = score, end, val
                 best_actor.load_state_dict(actor.state_dict())
             n_up = max(cfg.updates_per_iter, 1)
             for r in rows:
