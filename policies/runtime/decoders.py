@@ -206,10 +206,11 @@ def check_factory_alternatives(params: dict[str, Any], sim, source: str) -> str 
 
 def project_allocation_row(view: Any, x: np.ndarray, rule: str, floor: float):
     """``policies.scenarios.edgeaigc.project_batch`` for ONE raw vector x in [0, 1]^(E*M + 2EU), with the
-    same result bit for bit, ~10x cheaper on one row: the knapsack repair and the association in
-    Python scalars (the same comparisons and float64 subtractions in the same order: a stable
-    descending sort, first fit, ties to the lower index / to the larger path gain), the share masking
-    and row scaling by the scenario's own ``_masked_shares`` (the same numpy reductions, row by row).
+    same result bit for bit, ~10x cheaper on one row: the knapsack repair's first fit in Python scalars
+    (the same comparisons and float64 subtractions in the same order after a stable descending sort),
+    the association on the (E, U) arrays of this row only (the same comparisons: ties to the lower
+    index / to the larger path gain), the share masking and row scaling by the scenario's own
+    ``_masked_shares`` (the same numpy reductions, row by row).
     Returns (cache (E, M) bool, alpha (E, U), L (E, U), association (U,) int64)."""
     return _project_row(view, np.clip(np.asarray(x, dtype=np.float64).reshape(-1), 0.0, 1.0), rule, floor)
 
@@ -218,48 +219,35 @@ def _project_row(view: Any, x: np.ndarray, rule: str, floor: float):
     from policies.scenarios.edgeaigc import _masked_shares
 
     E, U, M = view.num_edges, view.num_users, view.num_models
-    xs = x.tolist()
     size, storage = view.model_size_gb.tolist(), view.storage_gb.tolist()
-    cache = [[False] * M for _ in range(E)]
+    score = x[:E * M].reshape(E, M)
+    order = np.argsort(-score, axis=1, kind="stable").tolist()  # stable: ties to the lower model index
+    scores = score.tolist()
+    cache = np.zeros((E, M), dtype=bool)
     for j in range(E):  # step 1 (18b, 18e): first fit in descending score, cached when the score is > 0.5
-        score = xs[j * M:(j + 1) * M]
-        neg = [-v for v in score]
-        remaining = storage[j]
-        row = cache[j]
-        for m in sorted(range(M), key=neg.__getitem__):  # stable: ties to the lower model index
-            if not score[m] > 0.5:
+        remaining, sj = storage[j], scores[j]
+        for m in order[j]:
+            if not sj[m] > 0.5:
                 break  # every later score is <= 0.5 too: nothing more is cached
             if size[m] <= remaining + 1e-9:
-                row[m] = True
+                cache[j, m] = True
                 remaining -= size[m]
-    model = view.model.tolist()
-    g = view.path_gain_db.tolist()
     a0 = E * M
-    assoc = [0] * U
-    hit = [False] * U
-    edges = range(E)
-    for i in range(U):  # step 2 (spec 1.7)
-        mi = model[i]
-        if rule == "nearest":  # the largest path gain (first maximum, as np.argmax)
-            cand = edges
-        else:  # among the ES caching Z_i (all if none) the highest alpha score, ties to the larger path gain
-            cand = [j for j in edges if cache[j][mi]] or edges
-            top = max(xs[a0 + j * U + i] for j in cand)
-            cand = [j for j in cand if xs[a0 + j * U + i] >= top]
-        best = cand[0]
-        best_g = g[best][i]
-        for j in cand:  # ascending j: a later ES wins only with a strictly larger gain (np.argmax's first max)
-            if g[j][i] > best_g:
-                best, best_g = j, g[j][i]
-        assoc[i] = best
-        hit[i] = cache[best][mi]
-    mask = np.zeros((2, E, U), dtype=bool)  # [alpha mask (user i sends to ES j), L mask (... and hits)]
+    g = view.path_gain_db
+    if rule == "nearest":  # step 2 (spec 1.7): the largest path gain (first maximum)
+        assoc = g.argmax(axis=0)
+    else:  # among the ES caching Z_i (all if none) the highest alpha score, ties to the larger path gain
+        held = cache[:, view.model]  # (E, U)
+        cand = held | ~held.any(axis=0)
+        xa = x[a0:a0 + E * U].reshape(E, U)
+        cand &= xa >= np.where(cand, xa, -np.inf).max(axis=0)
+        assoc = np.where(cand, g, -np.inf).argmax(axis=0)  # first maximum: the lower ES index on equal gains
     users = np.arange(U)
-    assoc_a = np.asarray(assoc, dtype=np.int64)
-    mask[0, assoc_a, users] = True
-    mask[1, assoc_a, users] = hit
+    mask = np.zeros((2, E, U), dtype=bool)  # [alpha mask (user i sends to ES j), L mask (... and hits)]
+    mask[0, assoc, users] = True
+    mask[1, assoc, users] = cache[assoc, view.model]
     shares = _masked_shares(x[a0:].reshape(2, E, U), mask, floor)  # steps 3-4 (18c, 18d, 18f, 18g)
-    return np.asarray(cache, dtype=bool).reshape(E, M), shares[0], shares[1], assoc_a
+    return cache, shares[0], shares[1], assoc.astype(np.int64)
 
 
 def decode_edgeaigc_projection(out: np.ndarray, view: Any, params: dict[str, Any],

@@ -14,6 +14,8 @@ the problem is a contextual bandit, so the per-slot minimiser of G(t) (eq. 15) i
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -222,9 +224,9 @@ class AllocationView:
     def num_models(self) -> int:
         return int(self.model_size_gb.shape[0])
 
-    @property
+    @functools.cached_property
     def path_gain_db(self) -> np.ndarray:
-        """(E, U) g_ij in dB (EdgeAIGC eq. 5)."""
+        """(E, U) g_ij in dB (EdgeAIGC eq. 5); computed once per view (a view's fields are never changed)."""
         return -path_loss_db_3gpp(self.distance_m)
 
     @property
@@ -616,18 +618,23 @@ class EdgeAigcSimulator(Simulator):
         p = self.preset
         k = len(p.gamma_states)
         U, M = view.num_users, view.num_models
-        parts = [
-            np.eye(k)[view.gamma_state],
-            np.clip(view.fading, 0.0, 5.0) / 5.0,
-            np.eye(M)[view.model].ravel(),
-            view.input_mb / 8.0,
-            (view.output_mb - 500.0) / 70.0,
-        ]
+        # filled in place (one float64 row, cast once): the same values as concatenating the parts, at a
+        # third of the cost on the decision path (np.eye and np.clip's wrappers dominated a 10-user row)
+        row = np.zeros(k + U + U * M + 2 * U + ((view.num_edges * U + M + view.num_edges) if p.obs == "rich" else 0))
+        row[int(view.gamma_state)] = 1.0
+        row[k:k + U] = np.minimum(np.maximum(view.fading, 0.0), 5.0) / 5.0
+        o = k + U
+        row[o + np.arange(U) * M + view.model] = 1.0
+        o += U * M
+        row[o:o + U] = view.input_mb / 8.0
+        row[o + U:o + 2 * U] = (view.output_mb - 500.0) / 70.0
         if p.obs == "rich":
-            parts += [(view.path_gain_db + 140.0).ravel() / 60.0,
-                      np.bincount(view.model, minlength=M) / U,
-                      view.storage_gb / 50.0]
-        return np.concatenate(parts).astype(np.float32)[None, :]
+            o += 2 * U
+            EU = view.num_edges * U
+            row[o:o + EU] = (view.path_gain_db + 140.0).ravel() / 60.0
+            row[o + EU:o + EU + M] = np.bincount(view.model, minlength=M) / U
+            row[o + EU + M:] = view.storage_gb / 50.0
+        return row.astype(np.float32)[None, :]
 
     def project(self, view: AllocationView, x: np.ndarray) -> AllocationDecision:
         """Raw [0, 1] action -> feasible decision with this preset's rule and floor (spec 3.2)."""
