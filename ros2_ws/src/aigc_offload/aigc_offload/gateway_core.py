@@ -111,6 +111,9 @@ class GatewayCore:
         self.status_stale_s = status_stale_s
         self.result_grace_s = result_grace_s
         self.devices = {d.device_id: d for d in plant.devices}
+        # the edge server relaying a device's cloud traffic: its best nominal uplink (first maximum, as
+        # np.argmax), fixed by the plant; looked up per task instead of an argmax over a tuple (~8 us each)
+        self.relay_edge = {d.device_id: int(np.argmax(d.uplink_mbps)) for d in plant.devices}
         self.models = {m.name: m for m in self.preset.models}
         self.edges = [EdgeLive(e.server_id, e.cpu_ghz) for e in plant.edges]
         self.edge_index = {e.server_id: i for i, e in enumerate(plant.edges)}
@@ -179,7 +182,7 @@ class GatewayCore:
                 edge_cpu_ghz=[e.cpu_ghz for e in self.edges],
                 edge_cached_models=[sorted(e.cached) for e in self.edges],
                 backhaul_backlog_s=max(self.backhaul_free_s - now, 0.0),
-                relay_edge=int(np.argmax(dev.uplink_mbps)))
+                relay_edge=self.relay_edge[req.device_id])
             view = self.sim.live_view([task], [state])
             view.allowed[0, 1:1 + len(self.edges)] = alive  # never hand work to a silent server
             t0 = time.perf_counter()
@@ -212,7 +215,7 @@ class GatewayCore:
                 expected = start + local_s - now
             up_s = 0.0
             if kind != TARGET_LOCAL:
-                rate = dev.uplink_mbps[idx if kind == TARGET_EDGE else int(np.argmax(dev.uplink_mbps))] * 1e6
+                rate = dev.uplink_mbps[idx if kind == TARGET_EDGE else self.relay_edge[req.device_id]] * 1e6
                 up_s = float(transmission_delay_s(share * req.input_bits, rate))
             if kind == TARGET_EDGE:
                 e = self.edges[idx]
@@ -242,7 +245,7 @@ class GatewayCore:
         if gd.target_kind == TARGET_LOCAL:
             return 0.0
         dev = self.devices[req.device_id]
-        idx = gd.target_index if gd.target_kind == TARGET_EDGE else int(np.argmax(dev.uplink_mbps))
+        idx = gd.target_index if gd.target_kind == TARGET_EDGE else self.relay_edge[req.device_id]
         return float(transmission_delay_s(gd.share * req.input_bits, dev.uplink_mbps[idx] * 1e6))
 
     # -- tracking -------------------------------------------------------------------------------
