@@ -32,8 +32,16 @@ loss; the expected-regret term's gradient is the exact policy gradient of Factor
 PPO, so there is no variance to tame). It is kept only if it helps: the deployed actor is the best one
 on the held-out workloads over both stages.
 
+Completion first (``drop_weight``): the factory's reward charges a missed deadline P_e = 5 on top of its
+latency, so an actor that maximises it still accepts a small drop rate for lower latency and energy (0.5 %
+here). The deployed gateway answers production lines, where a missed deadline is a stopped or unchecked
+part: the loss charges every alternative that misses its deadline ``drop_weight`` more (labels and
+expected regret alike), and the held-out selection charges the drop rate the same way. The evaluation
+(`aigc-offload evaluate`, the reports) always uses the factory's own reward.
+
 Throughout, the actor is evaluated on held-out workloads (``val_seed``, never the training stream nor
-the usual test seeds) after every iteration; ``checkpoint.pt["actor"]`` is the best one by mean reward.
+the usual test seeds) after every iteration; ``checkpoint.pt["actor"]`` is the best one by mean reward
+minus ``drop_weight`` times the drop rate.
 """
 
 from __future__ import annotations
@@ -80,8 +88,10 @@ class Config:
     ft_regret_weight: float = 1.0
     # [ours] completion first: the loss (labels and expected regret) charges every alternative that misses
     # its deadline this much beyond the reward's own P_e; held-out selection charges the drop rate alike.
-    # 0 = the factory's reward as is.
-    drop_weight: float = 0.0
+    # 0 = the factory's reward as is. Measured (seed 0, 240 episodes, 10 episodes x 3 workload seeds):
+    # 0 -> 99.55 % completion; 20 -> 99.7-99.8 %; 60 -> 99.7-99.9 %; 200 -> 99.92-99.98 % at 15 % lower
+    # latency than opt (and ~2.7x opt's device energy); docs/papers/factory.md section 7.3.
+    drop_weight: float = 200.0
     val_seed: int = 500  # held-out evaluation workloads: episode_rng(val_seed, k, 0)
     val_episodes: int = 6
     checkpoint_every: int = 1  # iterations
