@@ -85,6 +85,24 @@ def test_resume_refuses_other_learning_settings_but_not_a_longer_run(tmp_path):
     assert len(rows(tmp_path)) == 2
 
 
+@pytest.mark.parametrize("algo", ["maddpg", "maddpg_nomodel", "saddpg"])
+def test_planned_settings_are_what_train_records_and_reuse_checks_them(tmp_path, algo):
+    from policies.reproduce.core import check_reused_run
+    from policies.train.registry import planned_settings
+
+    train(algo, "mato", 0, tmp_path, TINY, episodes=1, progress=False)
+    rec = json.loads((tmp_path / "config.json").read_text())
+    plan = planned_settings(algo, "mato", TINY, episodes=1)
+    assert plan["algo"] == rec["algo"] and plan["preset_hash"] == rec["preset_hash"]
+    assert json.loads(json.dumps(plan["config"])) == rec["config"]
+    check_reused_run(tmp_path, algo, "mato", TINY, 1)  # as trained: reused
+    check_reused_run(tmp_path, algo, "mato", {**TINY, "checkpoint_every": 3}, 5)  # how long / how it checkpoints
+    with pytest.raises(UserError, match=r"other settings \(batch_size 16, now 32\)"):
+        check_reused_run(tmp_path, algo, "mato", {**TINY, "batch_size": 32}, 1)
+    with pytest.raises(UserError, match="preset_hash"):
+        check_reused_run(tmp_path, algo, "mato", {**TINY, "num_devices": 4}, 1)
+
+
 def test_trained_run_evaluates_as_a_policy(tmp_path):
     train("maddpg", "mato", 0, tmp_path / "a", TINY, episodes=2, progress=False)
     train("maddpg_nomodel", "mato", 0, tmp_path / "b", TINY, episodes=2, progress=False)

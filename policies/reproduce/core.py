@@ -143,6 +143,27 @@ def _msg(text: str) -> None:
     print(f"[reproduce] {text}", file=sys.stderr, flush=True)
 
 
+def check_reused_run(out: Path, algo: str, scenario: str, overrides: Mapping[str, Any], episodes: int) -> None:
+    """A finished run is reused only if it was trained as this invocation would train it (algorithm, preset
+    and every algorithm setting outside ``RESUMABLE_CONFIG``): a default changed since, or other ``--set``
+    values, would otherwise mix runs of different settings in one report."""
+    from policies.train.common import changed_settings
+    from policies.train.registry import planned_settings
+
+    try:
+        old = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"'{out}' holds a finished run without a readable config.json; remove it or use a new "
+                        "--runs root") from None
+    new = planned_settings(algo, scenario, overrides, episodes)
+    why = [f"{k} {old.get(k)!r}, now {new[k]!r}" for k in ("algo", "preset_hash") if old.get(k) != new[k]]
+    why += [f"{k} {old['config'][k]!r}, now {new['config'][k]!r}" for k in changed_settings(old, new)]
+    if why:
+        raise UserError(f"'{out}' is a finished run trained with other settings ({'; '.join(why[:4])}"
+                        f"{'; ...' if len(why) > 4 else ''}); reproduce reuses finished runs as they are: use a new "
+                        "--runs root, or remove the run to train it again")
+
+
 def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point], command: list[str]) -> dict:
     jobs = []
     for point in points:
@@ -151,12 +172,13 @@ def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Poin
                 continue
             for seed in range(settings.seeds):
                 out = runs / point.name / f"{m.key}_s{seed}"
+                overrides = {**settings.preset_overrides, **point.preset_overrides, **settings.algo_overrides,
+                             **point.algo_overrides}
                 if run_finished(out, settings.episodes):
+                    check_reused_run(out, m.key, spec.scenario, overrides, settings.episodes)
                     continue
                 jobs.append({"algo": m.key, "scenario": spec.scenario, "seed": seed, "out": str(out),
-                             "episodes": settings.episodes, "command": command,
-                             "overrides": {**settings.preset_overrides, **point.preset_overrides,
-                                           **settings.algo_overrides, **point.algo_overrides}})
+                             "episodes": settings.episodes, "command": command, "overrides": overrides})
     # the costliest first (critic cost grows ~ M^2): the shortest makespan with parallel jobs
     # (the convergence point first: its curves show early whether training works)
     jobs.sort(key=lambda j: (Path(j["out"]).parent.name != spec.convergence_point,

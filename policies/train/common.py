@@ -399,6 +399,15 @@ def start_run(algo: str, sim, preset_name: str, cfg, seed: int, out: Path, comma
 RESUMABLE_CONFIG = ("episodes", "checkpoint_every", "torch_threads")
 
 
+def changed_settings(old: dict, new: dict) -> list[str]:
+    """Algorithm settings (outside :data:`RESUMABLE_CONFIG`) that differ between two resolved configs; keys one
+    of them did not record (added since) are not compared. JSON round trips are allowed for (tuples are
+    lists in a config.json)."""
+    was, asked = old.get("config", {}), new.get("config", {})
+    same = lambda a, b: a == b or json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))  # noqa: E731
+    return sorted(k for k in was.keys() & asked.keys() if k not in RESUMABLE_CONFIG and not same(was[k], asked[k]))
+
+
 def check_resume(out: Path, old: dict, new: dict) -> None:
     """Refuse to resume ``out`` (trained as ``old``) as another run: other algo, seed or preset, or an
     algorithm setting other than :data:`RESUMABLE_CONFIG` changed (a run half with batch 256 and half
@@ -408,7 +417,7 @@ def check_resume(out: Path, old: dict, new: dict) -> None:
             raise UserError(f"'{out}' holds a checkpoint of another run ({key} {old[key]!r}, asked "
                             f"{new[key]!r}); choose a new --out directory")
     was, asked = old.get("config", {}), new.get("config", {})
-    changed = sorted(k for k in was.keys() & asked.keys() if k not in RESUMABLE_CONFIG and was[k] != asked[k])
+    changed = changed_settings(old, new)
     if changed:
         diff = ", ".join(f"{k} {was[k]!r} -> {asked[k]!r}" for k in changed[:4])
         raise UserError(f"'{out}' was trained with other settings ({diff}{', ...' if len(changed) > 4 else ''}); "

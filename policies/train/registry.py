@@ -128,6 +128,26 @@ def train(algo: str, scenario: str, seed: int, out: str | Path, overrides: Mappi
     return mod.train(algo, sim, scenario, cfg, seed, Path(out), command or [], progress)
 
 
+def planned_settings(algo: str, scenario: str, overrides: Mapping[str, Any] | None = None,
+                     episodes: int | None = None) -> dict:
+    """What :func:`train` would record in a new run's ``config.json`` for these arguments, without training or
+    building a simulator: ``{"algo", "preset_hash", "config"}`` (the resolved algorithm config)."""
+    import dataclasses
+
+    from policies.config import load_preset, preset_hash
+    from policies.train.common import make_config, split_overrides
+
+    spec = get_algo(algo)
+    mod = _trainer(spec)
+    algo_set, preset_set = split_overrides(mod.Config, dict(overrides or {}))
+    values = {**spec.config_overrides, **algo_set}
+    if episodes is not None:
+        values["episodes"] = episodes
+    cfg = make_config(mod.Config, values)
+    preset = load_preset(scenario, {**preset_set, **spec.preset_overrides} or None)
+    return {"algo": algo, "preset_hash": preset_hash(preset), "config": dataclasses.asdict(cfg)}
+
+
 def is_run_reference(name: str) -> bool:
     """``run:DIR``, or a path to a directory holding a trained run's ``config.json``."""
     return name.startswith("run:") or (Path(name) / "config.json").is_file()
