@@ -222,3 +222,119 @@ def test_factory_numbers_come_from_the_runs_and_the_shipped_files_act_as_them(fa
         ev = evaluate(sim, [s["run"], str(f)], 1, 2000, progress=False).results
         assert ev[str(f)]["reward"] == pytest.approx(ev[s["run"]]["reward"], rel=1e-6)
         assert summ["evaluation"]["results"][str(f)]["reward"] == pytest.approx(ev[str(f)]["reward"])
+
+
+# -- Point.policies_from: a point that trains nothing and evaluates another point's runs ----------------------
+TRANSFER_TINY = dict(episodes=3, eval_episodes=1, jobs=1, preset_overrides={"slots_per_episode": 4},
+                     algo_overrides={"batch_size": 16, "learning_starts": 8, "hidden": 16, "checkpoint_every": 1})
+
+
+def _transfer_spec():
+    """A two-experiment MATO spec: the convergence point L3_M5, and an edge-CPU sweep whose 3.5 GHz point
+    evaluates the runs of L3_M4 (trained at 7 GHz); one trained method and one heuristic."""
+    from dataclasses import replace
+
+    from policies.reproduce.core import Experiment, Point
+
+    base = get_paper("mato")
+    src = Point("L3_M4", {"num_model_types": 3, "num_devices": 4})
+    moved = Point("L3_M4_edge3.5_from_L3_M4", {"num_model_types": 3, "num_devices": 4, "edge_cpu_ghz": 3.5},
+                  policies_from="L3_M4")
+    conv = Point("L3_M5", {"num_model_types": 3, "num_devices": 5})
+    exps = (Experiment("main", "main", "(test)", "M", (5,), (conv,)),
+            Experiment("edge", "edge CPU", "(test)", "edge GHz", ("7.0", "3.5"), (src, moved)))
+    return replace(base, name="mato_transfer", methods=tuple(m for m in base.methods if m.key in ("saddpg", "greedy")),
+                   experiments=exps, convergence_point="L3_M5", write_report=lambda results, out: None,
+                   extra=None), moved
+
+
+@pytest.fixture(scope="module")
+def transfer(tmp_path_factory):
+    from policies.reproduce.core import Settings, reproduce
+
+    root = tmp_path_factory.mktemp("repro_transfer")
+    spec, moved = _transfer_spec()
+    # only the transferred point is selected: its source must be trained all the same
+    s = Settings(seeds=2, experiments=("edge",), x_subset={"edge": ("3.5",)}, **TRANSFER_TINY)
+    res = reproduce(spec, s, root / "report", root / "runs", ["test"], mode="quick")
+    return root, spec, moved, res
+
+
+def test_policies_from_point_trains_nothing_and_its_source_is_trained(transfer):
+    root, spec, moved, res = transfer
+    runs = root / "runs"
+    assert res["experiments"]["edge"]["x_values"] == ["3.5"]
+    # the source (not selected) and the convergence point are trained, 2 seeds each; the transferred point nothing
+    assert res["wall_s"]["trained_now"] == 4 and res["wall_s"]["reused"] == 0
+    assert {r["point"] for r in res["runs"].values()} == {"L3_M4", "L3_M5"}
+    assert not (runs / moved.name).exists()
+    pt = res["experiments"]["edge"]["points"]["3.5"]
+    assert pt["point"] == moved.name and pt["policies_from"] == "L3_M4"
+    assert pt["runs"] == {"saddpg": [str(runs / "L3_M4" / f"saddpg_s{k}") for k in range(2)]}
+    data = json.loads((root / "report" / "results.json").read_text())
+    assert data["experiments"]["edge"]["points"]["3.5"]["policies_from"] == "L3_M4"
+
+
+def test_policies_from_point_evaluates_exactly_the_source_runs_under_its_own_preset(transfer):
+    from policies.evaluate import evaluate
+    from policies.scenarios import make_simulator
+
+    root, spec, moved, res = transfer
+    pt = res["experiments"]["edge"]["points"]["3.5"]
+    sim = make_simulator("mato", {"slots_per_episode": 4, **moved.preset_overrides})
+    for seed in range(2):
+        d = str(root / "runs" / "L3_M4" / f"saddpg_s{seed}")
+        again = evaluate(sim, [d, "greedy"], 1, EVAL_SEED_BASE + seed, progress=False).results
+        for key in ("latency_s", "energy_j", "reward"):
+            assert pt["methods"]["saddpg"][key]["per_seed"][seed] == pytest.approx(again[d][key])
+            assert pt["methods"]["greedy"][key]["per_seed"][seed] == pytest.approx(again["greedy"][key])
+
+
+def test_policies_from_source_and_transfer_together_reuse_and_differ_only_by_preset(transfer):
+    from policies.reproduce.core import Settings, reproduce, transfer_gaps
+
+    root, spec, moved, res = transfer
+    s = Settings(seeds=2, experiments=("edge",), **TRANSFER_TINY)
+    res2 = reproduce(spec, s, root / "report2", root / "runs", ["test"], mode="quick")
+    assert res2["wall_s"]["trained_now"] == 0 and res2["wall_s"]["reused"] == 4
+    pts = res2["experiments"]["edge"]["points"]
+    assert pts["7.0"]["policies_from"] is None and pts["7.0"]["runs"] == pts["3.5"]["runs"]
+    assert pts["3.5"]["methods"] == res["experiments"]["edge"]["points"]["3.5"]["methods"]
+    # the same runs under a slower edge: the heuristic's numbers change with the preset
+    assert pts["3.5"]["methods"]["greedy"]["latency_s"] != pts["7.0"]["methods"]["greedy"]["latency_s"]
+    assert transfer_gaps(res2, "latency_s") == []  # no retrained twin of the 3.5 GHz scene here
+
+
+def test_policies_from_must_name_a_point_that_trains():
+    from dataclasses import replace
+
+    from policies.reproduce.core import Experiment, Point, policy_source
+
+    spec, moved = _transfer_spec()
+    assert policy_source(spec, moved).name == "L3_M4"
+    bad = Point("chain", {}, policies_from=moved.name)
+    lost = Point("lost", {}, policies_from="nowhere")
+    spec2 = replace(spec, experiments=spec.experiments + (Experiment("x", "x", "x", "x", (1, 2), (bad, lost)),))
+    with pytest.raises(ValueError, match="itself evaluates"):
+        policy_source(spec2, bad)
+    with pytest.raises(ValueError, match="names no point"):
+        policy_source(spec2, lost)
+
+
+def test_transfer_gaps_pair_a_transferred_point_with_its_retrained_twin():
+    from policies.reproduce.core import transfer_gaps, transferred_points
+
+    def st(v):
+        return {"mean": v, "std": 0.0, "n": 1, "per_seed": [v]}
+
+    own = {"point": "Z20", "preset_overrides": {"quality_max": 20}, "policies_from": None,
+           "methods": {"ladts": {"latency_s": st(2.0)}, "opt": {"latency_s": st(1.0)}}, "runs": {"ladts": ["a"]}}
+    moved = {"point": "Z20_from_default", "preset_overrides": {"quality_max": 20}, "policies_from": "default",
+             "methods": {"ladts": {"latency_s": st(2.5)}, "opt": {"latency_s": st(1.0)}}, "runs": {"ladts": ["b"]}}
+    old = {"point": "default", "preset_overrides": {}, "methods": {}, "runs": {}}  # results.json before policies_from
+    res = {"experiments": {"q": {"x_values": ["15", "20"], "points": {"15": old, "20": moved}},
+                           "r": {"x_values": ["Z=20", "Z=20 d"], "points": {"Z=20": own, "Z=20 d": moved}}}}
+    assert transferred_points(res["experiments"]["q"]) == [("20", "Z20_from_default", "default")]
+    (g,) = transfer_gaps(res, "latency_s")
+    assert g["point"] == "Z20_from_default" and g["retrained_point"] == "Z20" and set(g["methods"]) == {"ladts"}
+    assert g["methods"]["ladts"]["gap"] == pytest.approx(0.5)

@@ -339,3 +339,22 @@ def test_numbers_come_from_the_runs_just_made(quick):
     assert again["reward"] == pytest.approx(pt["methods"]["toppo"]["reward"]["per_seed"][1])
     res2 = run("aiecof", quick=True, seeds=2, out=root / "report2", runs=root / "runs", **REPRO_TINY)
     assert res2["wall_s"]["trained_now"] == 0 and res2["extra"]["hyper"]["trained_now"] == 0
+
+
+def test_fig9_scales_from_04_evaluate_the_m30_runs(quick):
+    """Fig. 9's s >= 0.4 (other than 1.0) is the M = 30 MDP: those points train nothing and evaluate the M30
+    runs at their scale (here on the fixture's runs: nothing is trained); the report says so."""
+    from policies.reproduce.aiecof import s_point
+
+    assert s_point("0.25").policies_from is None and s_point("1.0").name == "M30"
+    assert all(s_point(s).policies_from == "M30" for s in ("0.5", "0.75", "1.25"))
+    root, res = quick
+    res3 = run("aiecof", quick=True, seeds=2, out=root / "report3", runs=root / "runs",
+               **{**REPRO_TINY, "experiments": ("edge_capacity",), "x_subset": {"edge_capacity": ("0.5", "1.0")}})
+    assert res3["wall_s"]["trained_now"] == 0 and not (root / "runs" / "M30_s0.5").exists()
+    pts = res3["experiments"]["edge_capacity"]["points"]
+    assert pts["0.5"]["policies_from"] == "M30" and pts["0.5"]["runs"] == pts["1.0"]["runs"]
+    assert pts["0.5"]["runs"]["toppo"] == res["experiments"]["table4"]["points"]["30"]["runs"]["toppo"]
+    assert pts["0.5"]["methods"]["greedy"]["reward"] == pts["1.0"]["methods"]["greedy"]["reward"]  # the same MDP
+    text = (root / "report3" / "report.md").read_text()
+    assert "Not retrained: at ES CPU scale s = 0.5 (points `M30_s0.5`)" in text

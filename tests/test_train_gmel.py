@@ -413,3 +413,50 @@ def test_converged_episode_definition():
     curve = {"episode": list(range(20)), "reward_mean": [0.0] * 5 + [float(i) for i in range(1, 11)] + [10.0] * 5}
     assert converged_episode(curve) == 13  # 90% of the rise from 0 to 10
     assert converged_episode({"episode": [0, 1, 2], "reward_mean": [3.0, 2.0, 1.0]}) is None
+
+
+def test_quick_p_and_d_points_use_the_default_scene_policies_and_the_retrained_check(quick, tmp_path):
+    """Option (b) of the full run: Figs. 4-5 evaluate the default scene's runs; p = 0.7 and d = 1.0 are also
+    retrained ("retrained" experiment), the headline uses those, and the report names the transferred points."""
+    import shutil
+
+    from policies.reproduce import run
+    from policies.reproduce.gmel import DEFAULT_NAME, FULL_EPISODES
+
+    root, res = quick
+    assert FULL_EPISODES == 400
+    exps = res["experiments"]
+    default_runs = exps["task_probability"]["points"]["0.5"]["runs"]
+    p07 = exps["task_probability"]["points"]["0.7"]
+    assert p07["point"] == "p0.7_dU_I50_from_default" and p07["policies_from"] == DEFAULT_NAME
+    assert p07["runs"] == default_runs
+    assert exps["deadline"]["points"]["1.0"]["policies_from"] == DEFAULT_NAME
+    assert exps["devices"]["points"]["20"]["policies_from"] is None
+    ret = exps["retrained"]["points"]
+    assert ret["p=0.7"]["point"] == "p0.7_dU_I50" and ret["p=0.7"]["policies_from"] is None
+    assert ret["p=0.7 default-trained"]["methods"] == p07["methods"]
+    assert ret["d=1.0"]["runs"]["amarl"][0].endswith("p0.5_d1_I50/amarl_s0")
+    assert not (root / "runs" / "p0.7_dU_I50_from_default").exists()
+    rows = {r["key"]: r for r in res["headline"]}
+    assert rows["completion_gain_p07_vs_maddpg"]["point"] == "p0.7_dU_I50"
+    assert rows["completion_gain_d1_vs_all"]["point"] == "p0.5_d1_I50"
+    gaps = {g["point"]: g for g in res["transfer_gap"]}
+    assert set(gaps) == {"p0.7_dU_I50_from_default", "p0.5_d1_I50_from_default"}
+    g = gaps["p0.7_dU_I50_from_default"]["methods"]["amarl"]
+    assert g["gap"] == pytest.approx(p07["methods"]["amarl"]["completion_rate"]["mean"]
+                                     - ret["p=0.7"]["methods"]["amarl"]["completion_rate"]["mean"])
+    text = (root / "report" / "report.md").read_text()
+    assert "Deviation: default-trained policies" in text and "Transfer check" in text
+    assert "`p0.7_dU_I50_from_default`" in text and "Transfer gap: AMARL" in text
+    # --report-only still works on a results.json written before policies_from (and the "retrained" experiment)
+    old = tmp_path / "old"
+    shutil.copytree(root / "report", old)
+    data = json.loads((old / "results.json").read_text())
+    del data["experiments"]["retrained"]
+    for e in data["experiments"].values():
+        for pt in e["points"].values():
+            pt.pop("policies_from")
+    (old / "results.json").write_text(json.dumps(data))
+    again = run("gmel", quick=True, out=old, runs=root / "runs", report_only=True)
+    assert again["transfer_gap"] == [] and "Deviation" not in (old / "report.md").read_text()
+    assert {r["key"] for r in again["headline"]} == {"completion_gain_p07_vs_maddpg", "completion_gain_d1_vs_all"}

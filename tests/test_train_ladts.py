@@ -410,3 +410,34 @@ def test_tiny_reproduce_writes_report_results_and_figures(tmp_path):
     text = (rep / "report.md").read_text()
     assert "Fig. 5" in text and "Reduced run" in text and "78 s" in text and "LAD-TS" in text
     assert res["wall_s"]["trained_now"] == 4 * 2 * 2 + 2  # 4 methods x 2 seeds at 2 points, LAD-TS at I = 3
+
+
+def test_tiny_reproduce_transfer_check_at_z20(tmp_path):
+    """Option (b) of the full run: fmax and Z points evaluate the default point's runs; Z = 20 is also retrained
+    (the "retrained" experiment), the headline's Z = 20 rows use those, and the report names the transfer."""
+    from policies.reproduce import get_paper, run
+
+    spec = get_paper("ladts")
+    moved = {p.name: p.policies_from for e in spec.experiments if e.key in ("capacity", "quality") for p in e.points}
+    assert moved == {"F30_from_default": "default", "F40_from_default": "default", "default": None,
+                     "F60_from_default": "default", "F70_from_default": "default", "Z5_from_default": "default",
+                     "Z10_from_default": "default", "Z20_from_default": "default"}
+    assert all(p.policies_from is None for e in spec.experiments if e.key not in ("capacity", "quality", "retrained")
+               for p in e.points)
+    res = run("ladts", quick=True, seeds=1, out=tmp_path / "rep", runs=tmp_path / "runs", episodes=3, eval_episodes=1,
+              jobs=1, preset_overrides={"slots_per_episode": 4, "tasks_max": 6},
+              algo_overrides={"learning_starts": 8, "batch_size": 8, "checkpoint_every": 1},
+              experiments=("quality", "retrained"), x_subset={"quality": (20,)})
+    assert res["wall_s"]["trained_now"] == 4 * 2  # default (the source and the convergence point) and Z20
+    assert {r["point"] for r in res["runs"].values()} == {"default", "Z20"}
+    q = res["experiments"]["quality"]["points"]["20"]
+    assert q["point"] == "Z20_from_default" and q["policies_from"] == "default"
+    assert q["runs"]["ladts"] == [str(tmp_path / "runs" / "default" / "ladts_s0")]
+    r = res["experiments"]["retrained"]["points"]
+    assert r["Z=20"]["runs"]["ladts"] == [str(tmp_path / "runs" / "Z20" / "ladts_s0")]
+    rows = {x["key"]: x for x in res["headline"]}
+    assert rows["Z20_ladts"]["ours"] == pytest.approx(r["Z=20"]["methods"]["ladts"]["latency_s"]["mean"])
+    (g,) = res["transfer_gap"]
+    assert g["point"] == "Z20_from_default" and g["retrained_point"] == "Z20" and set(g["methods"]) == set(ALL)
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "Deviation: default-trained policies" in text and "Transfer check" in text and "`Z20_from_default`" in text

@@ -7,6 +7,11 @@ Run directories: ``<runs>/<point>/<algo>_s<seed>`` (``<runs>`` defaults to ``run
 ``runs/reproduce/<paper>-quick`` for ``--quick``). A finished run (its checkpoint holds every requested
 episode) is reused, an unfinished one resumed (``aigc-offload train`` semantics).
 
+Transferred points (``Point.policies_from``): a point may train nothing and evaluate the runs of another
+point (by name) under its own preset overrides, e.g. a sweep of an environment parameter evaluated with the
+policies trained at the default scene. ``results.json`` records ``policies_from`` per point (None: the point's
+own runs); :func:`transfer_gaps` pairs a transferred point with a retrained point of the same scene.
+
 Seeds: training seed k trains the k-th run of each method; the evaluation of seed k uses the
 workloads of ``SeedSequence([EVAL_SEED_BASE + k, episode, 0])`` for every method (common random
 numbers within a seed), so heuristics get a spread over seeds too (over workloads).
@@ -49,11 +54,35 @@ class Point:
     methods: tuple | None = None  # method keys trained and evaluated at this point (None: all of the paper's)
     algo_overrides: Mapping[str, Any] = field(default_factory=dict)  # algorithm config of the runs at this point
     # (e.g. a sweep of an algorithm parameter); not a preset field, so evaluation ignores it
+    policies_from: str | None = None  # the name of another point whose trained runs this point evaluates under its
+    # own preset overrides (a policy transfer): nothing is trained here, and the source point is trained even if
+    # only this point is selected. Its name must differ from the source's (points are deduplicated by name)
 
 
 def point_methods(spec: "PaperSpec", point: Point) -> list:
     """The methods of ``spec`` at ``point`` (all, or the point's own subset)."""
     return [m for m in spec.methods if point.methods is None or m.key in point.methods]
+
+
+def policy_source(spec: "PaperSpec", point: Point) -> Point:
+    """The point whose trained runs ``point`` evaluates: itself, or the point named by ``point.policies_from``
+    (looked up by name among the spec's experiments, as ``convergence_point`` is). A source must train its own
+    runs (no chains), hold every trained method of ``point``, and ``point`` must not set algorithm overrides
+    (it trains nothing)."""
+    if not point.policies_from:
+        return point
+    src = next((p for e in spec.experiments for p in e.points if p.name == point.policies_from), None)
+    if src is None:
+        raise ValueError(f"point '{point.name}': policies_from '{point.policies_from}' names no point of {spec.name}")
+    if src.policies_from:
+        raise ValueError(f"point '{point.name}': its source '{src.name}' itself evaluates the runs of "
+                         f"'{src.policies_from}'; name the point that trains them")
+    if src.name == point.name or point.algo_overrides:
+        raise ValueError(f"point '{point.name}': a point with policies_from needs its own name and no algo_overrides")
+    missing = [m.key for m in point_methods(spec, point) if m.trained and m not in point_methods(spec, src)]
+    if missing:
+        raise ValueError(f"point '{point.name}': source '{src.name}' trains no {', '.join(missing)}")
+    return src
 
 
 @dataclass(frozen=True)
@@ -218,6 +247,7 @@ def evaluate_point(spec: PaperSpec, settings: Settings, runs: Path, point: Point
     from policies.scenarios import make_simulator
 
     base = {**settings.preset_overrides, **point.preset_overrides}
+    src = policy_source(spec, point).name  # the runs of this point, or of the point it takes its policies from
     run_dirs: dict[str, list[str]] = {m.key: [] for m in spec.methods}
     groups: dict[tuple, list[Method]] = {}
     agents = int(base.get("num_devices", 0) or 0)
@@ -231,7 +261,7 @@ def evaluate_point(spec: PaperSpec, settings: Settings, runs: Path, point: Point
             names = []
             for m in group:
                 if m.trained:
-                    d = str(runs / point.name / f"{m.key}_s{seed}")
+                    d = str(runs / src / f"{m.key}_s{seed}")
                     run_dirs[m.key].append(d)
                     names.append(d)
                 else:
@@ -282,13 +312,19 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
         for x, p in zip(e.x_values, e.points):
             if keep is None or x in keep or str(x) in {str(k) for k in keep}:  # --points gives 0.05 as text
                 plan.append((e, x, p))
-    points = list({p.name: p for _, _, p in plan}.values())
+    planned = list({p.name: p for _, _, p in plan}.values())
+    points = list(planned)
     if not any(p.name == spec.convergence_point for p in points):
         points.append(next(p for e in spec.experiments for p in e.points if p.name == spec.convergence_point))
-    training = train_all(spec, settings, runs, points, command)
+    for p in list(points):  # the source of each transferred point is trained even if only the transfer was selected
+        src = policy_source(spec, p)
+        if not any(q.name == src.name for q in points):
+            points.append(src)
+    trained = [p for p in points if not p.policies_from]  # transferred points train nothing
+    training = train_all(spec, settings, runs, trained, command)
     _msg("evaluating")
     t_eval = time.perf_counter()
-    evaluated = {p.name: evaluate_point(spec, settings, runs, p) for p in points}
+    evaluated = {p.name: evaluate_point(spec, settings, runs, p) for p in planned}
     eval_s = time.perf_counter() - t_eval
     extra, extra_s = None, 0.0
     if spec.extra is not None:  # the paper's own studies (they may train and evaluate further runs)
@@ -299,14 +335,15 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
     for e in exps:
         pts = {}
         for x, p in [(x, p) for ee, x, p in plan if ee is e]:
-            pts[str(x)] = {"point": p.name, "preset_overrides": dict(p.preset_overrides), **evaluated[p.name]}
+            pts[str(x)] = {"point": p.name, "preset_overrides": dict(p.preset_overrides),
+                           "policies_from": p.policies_from, **evaluated[p.name]}
             if p.algo_overrides:
                 pts[str(x)]["algo_overrides"] = dict(p.algo_overrides)
         experiments[e.key] = {"title": e.title, "figure": e.figure, "x_label": e.x_label,
                               "x_values": [str(x) for x, p in zip(e.x_values, e.points) if str(x) in pts],
                               "points": pts}
     runs_info = {}
-    for p in points:
+    for p in trained:
         for m in point_methods(spec, p):
             if m.trained:
                 for seed in range(settings.seeds):
@@ -384,6 +421,37 @@ def training_and_runs_sections(results: dict, labels: dict, *, decimals: int = 2
              ", ".join(f"`{d}`" for d in runs[:6]) + (" ..." if len(runs) > 6 else "") +
              "; the full list with per-seed numbers is in `results.json`.\n")
     return L
+
+
+def transferred_points(e: dict) -> list[tuple[str, str, str]]:
+    """(x, point, source) of the points of experiment ``e`` (a results.json experiment) evaluated with another
+    point's runs; results written before ``policies_from`` existed have none."""
+    return [(x, e["points"][x]["point"], e["points"][x]["policies_from"]) for x in e["x_values"]
+            if e["points"][x].get("policies_from")]
+
+
+def transfer_gaps(results: dict, metric: str) -> list[dict]:
+    """The measured cost of a policy transfer: every transferred point of ``results`` that has a retrained twin
+    (a point with its own runs and the same preset overrides, in any experiment), with ``metric`` of each
+    trained method evaluated both ways (transferred minus retrained, mean over seeds)."""
+    own, moved = {}, {}
+    for e in results["experiments"].values():
+        for x in e["x_values"]:
+            r = e["points"][x]
+            (moved if r.get("policies_from") else own).setdefault(r["point"], r)
+    out = []
+    for name, t in moved.items():
+        twin = next((r for r in own.values() if r["preset_overrides"] == t["preset_overrides"]), None)
+        if twin is None:
+            continue
+        methods = {}
+        for k, v in t["methods"].items():  # the trained methods (heuristics are the same both ways)
+            if k in t.get("runs", {}) and k in twin["methods"]:
+                a, b = v[metric], twin["methods"][k][metric]
+                methods[k] = {"transferred": a, "retrained": b, "gap": a["mean"] - b["mean"]}
+        out.append({"point": name, "policies_from": t["policies_from"], "retrained_point": twin["point"],
+                    "preset_overrides": t["preset_overrides"], "metric": metric, "methods": methods})
+    return out
 
 
 def invocation_lines(results: dict) -> list[str]:
