@@ -819,7 +819,9 @@ def test_load_deployment_reads_the_shipped_file():
     # The default gateway policy is the shipped trained one, with greedy as its fallback.
     import policies
 
-    assert dep.gateway.policy == "factory_distill_s0.onnx" and dep.gateway.fallback_policy == "greedy"
+    from policies.shipped import default_policy_name
+
+    assert dep.gateway.policy == f"{default_policy_name()}.onnx" and dep.gateway.fallback_policy == "greedy"
     assert (Path(policies.__file__).resolve().parent / "trained" / dep.gateway.policy).is_file()
 
 

@@ -24,6 +24,10 @@ from pathlib import Path
 import pytest
 from ros_env import ros_child_env
 
+from policies.shipped import default_policy_name
+
+SHIPPED_DEFAULT = f"{default_policy_name()}.onnx"  # the factory's default gateway policy (policies/trained/)
+
 ROS_OK = (importlib.util.find_spec("rclpy") is not None
           and importlib.util.find_spec("aigc_offload_interfaces") is not None
           and importlib.util.find_spec("aigc_offload") is not None)
@@ -219,7 +223,7 @@ def test_gateway_lifecycle_refuses_a_missing_or_broken_policy_unless_a_fallback_
         assert state() == State.PRIMARY_STATE_UNCONFIGURED
         assert not transition(Transition.TRANSITION_CONFIGURE)  # missing file
         assert state() == State.PRIMARY_STATE_UNCONFIGURED
-        set_param("policy", "factory_distill_s0.onnx")  # the shipped policy: trained for 4 edge servers, not 2
+        set_param("policy", SHIPPED_DEFAULT)  # the shipped policy: trained for 4 edge servers, not 2
         assert not transition(Transition.TRANSITION_CONFIGURE)
         set_param("policy", str(broken))
         assert not transition(Transition.TRANSITION_CONFIGURE)  # not an ONNX policy
@@ -240,7 +244,7 @@ def test_gateway_lifecycle_refuses_a_missing_or_broken_policy_unless_a_fallback_
     assert f"Refusing to configure: policy file '{tmp_path / 'missing.onnx'}' does not exist" in log, log[-3000:]
     assert f"Refusing to configure: policy file '{broken}' cannot be used" in log, log[-3000:]
     assert "needs the simulator's true state" in log, log[-3000:]
-    assert ("factory_distill_s0.onnx' expects observation field 9 to be 'uplink_mbps' (width 4), but the "
+    assert (f"{SHIPPED_DEFAULT}' expects observation field 9 to be 'uplink_mbps' (width 4), but the "
             "simulator's field 9 is 'uplink_mbps' (width 2)") in log, log[-3000:]
     assert "using the fallback heuristic 'round_robin'" in log, log[-3000:]
 

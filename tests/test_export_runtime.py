@@ -17,6 +17,7 @@ from policies.errors import UserError  # noqa: E402
 from policies.runtime import CONTRACT_KEY, ContractError, DecisionEngine, OnnxPolicy, load_policy, read_contract  # noqa: E402
 from policies.runtime.contract import layout_json  # noqa: E402
 from policies.scenarios import make_simulator  # noqa: E402
+from policies.shipped import default_policy_run  # noqa: E402
 from policies.workload import episode_rng  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -400,7 +401,7 @@ def test_full_parity_10000(mato_runs, factory_file):
     sim = make_simulator("factory", TINY_FACTORY)
     p = check_parity(path, factory_export(actor, sim, "factory_distill"), sim, 10_000)
     assert p["passed"], p
-    for run in (ROOT / "runs/mato_maddpg_s0", ROOT / "policies/trained/factory_distill_s0"):
+    for run in (ROOT / "runs/mato_maddpg_s0", default_policy_run() or ROOT / "policies/trained/factory_distill_s0"):
         if (run / "checkpoint.pt").is_file():
             spec, sim, _, _ = load_run(run)
             from policies.export import onnx_bytes

@@ -13,6 +13,8 @@ import uuid
 import pytest
 from ros_env import ros_child_env
 
+from policies.shipped import default_policy_name
+
 ROS_OK = all(importlib.util.find_spec(m) is not None for m in ("rclpy", "aigc_offload_interfaces", "aigc_offload"))
 pytestmark = pytest.mark.skipif(not ROS_OK, reason="ROS 2 wheels / interfaces / aigc_offload not installed: scripts/setup.sh")
 
@@ -37,7 +39,7 @@ def test_hil_replays_a_trace_and_compares_every_task_with_the_simulator(tmp_path
     # the prediction is the simulator's own: a task the simulator calls done has a latency within its deadline
     assert all(r["predicted_latency_s"] <= 2.5 + 1e-9 for r in rows if r["predicted_done"])
     log = (tmp_path / "logs" / "edge_gateway.log").read_text()
-    assert "policy factory_distill_s0.onnx" in log
+    assert f"policy {default_policy_name()}.onnx" in log
 
 
 def test_hil_through_opcua_controllers_and_mqtt_cameras(tmp_path):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from policies.reproduce.core import EVAL_SEED_BASE, PaperSpec, Settings, _msg, _stats, _train_job, run_finished
+from policies.reproduce.core import (EVAL_SEED_BASE, PaperSpec, Settings, _msg, _stats, _train_job, check_reused_run,
+                                    run_finished)
 
 EDGE_DIR = "edge"  # under the reproduce runs directory
 # the agents' factory defaults (LadtsConfig.episodes, Td3Config.episodes); a reduced run trains at most its
@@ -49,7 +50,10 @@ def extra(spec: PaperSpec, settings: Settings, runs: Path, command: list[str]) -
     for algo in EPISODES:
         for seed in range(settings.seeds):
             out = runs / EDGE_DIR / f"{algo}_s{seed}"
-            if not run_finished(out, episodes_for(algo, settings)):
+            if run_finished(out, episodes_for(algo, settings)):
+                # e.g. trained under a gateway policy that has been regenerated since: refused, not mixed in
+                check_reused_run(out, algo, spec.scenario, train_overrides, episodes_for(algo, settings))
+            else:
                 jobs.append({"algo": algo, "scenario": spec.scenario, "seed": seed, "out": str(out),
                              "episodes": episodes_for(algo, settings), "command": command,
                              "overrides": train_overrides})

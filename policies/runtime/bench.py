@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from policies.runtime.policy import OnnxPolicy, take_rows
+from policies.shipped import default_policy_run
 
 MATO_RUN = Path("runs/mato_maddpg_s0")
-FACTORY_RUN = Path("policies/trained/factory_distill_s0")
+# the slim run shipped beside the factory's default policy (policies/shipped.py)
+FACTORY_RUN = default_policy_run() or Path("policies/trained/factory_distill_s0")
 # trained runs of the papers' actors (the reproductions' main settings), first found is used
 PAPER_RUNS = {
     "gmel_amarl": (Path("runs/gmel_amarl_s0"), Path("runs/reproduce/gmel/p0.5_dU_I50/amarl_s0")),

@@ -50,6 +50,7 @@ import torch
 from tqdm import tqdm
 
 from policies.errors import UserError
+from policies.shipped import default_policy_name
 from policies.scenarios.base import OffloadView, Policy
 from policies.scenarios.factory import (CachePlan, CachePolicy, EdgeScheduler, EdgeTierRequest, FactorySimulator)
 from policies.train import common, ladts, td3
@@ -58,7 +59,9 @@ from policies.workload import episode_rng
 TRAIN_WORKLOAD_STREAM = 3  # as ladts.py / td3.py: training workloads; evaluation draws stream 0
 HOOK_STREAM = 2  # episode_rng stream of the random baselines' and the agents' acting randomness in evaluation
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_GATEWAYS = "greedy,policies/trained/factory_distill_s0.onnx"
+# the agents train and are compared under greedy and the factory's shipped default gateway policy
+_SHIPPED_DEFAULT = default_policy_name()
+DEFAULT_GATEWAYS = "greedy" + (f",policies/trained/{_SHIPPED_DEFAULT}.onnx" if _SHIPPED_DEFAULT else "")
 
 
 # -- gateways ---------------------------------------------------------------------------------------------

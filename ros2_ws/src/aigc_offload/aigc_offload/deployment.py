@@ -17,7 +17,7 @@ Deployment file (``config/factory.yaml``)::
     seed: 0                    # device draw (CPUs, positions)
     num_edge_servers: null     # null = all of the preset's; fewer takes the first ones
     gateway:
-      policy: factory_distill_s0.onnx   # heuristic name, or an exported .onnx policy
+      policy: factory_distill_s2.onnx   # heuristic name, or an exported .onnx policy
       fallback_policy: greedy  # heuristic used when `policy` cannot be loaded ("" = refuse)
     edge_server:
       execution: paced         # paced: hold each task for its modeled compute time W / f_n
@@ -55,7 +55,7 @@ class DeploymentError(ValueError):
 
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    policy: str = Field("factory_distill_s0.onnx",
+    policy: str = Field("factory_distill_s2.onnx",
                         description="heuristic name or an exported .onnx policy (relative: cwd, then policies/trained/)")
     fallback_policy: str = Field("greedy", description="heuristic used if `policy` cannot be loaded; '' = refuse to activate")
     result_grace_s: float = Field(0.5, ge=0, description="wait past a task's deadline before declaring it missed, s")

@@ -49,7 +49,7 @@ class PolicyLoadError(RuntimeError):
 
 def resolve_policy_path(spec: str) -> str:
     """A relative .onnx path is looked up in the working directory, then among the shipped trained
-    policies (``policies/trained/``), so ``factory_distill_s0.onnx`` names the shipped one."""
+    policies (``policies/trained/``), so ``factory_distill_s2.onnx`` names the shipped one."""
     from pathlib import Path
 
     p = Path(spec)
