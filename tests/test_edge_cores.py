@@ -747,6 +747,29 @@ def test_sweep_names_the_missing_part(sim2, hand_plant):
     assert t.executed_on == "local"
 
 
+def test_sweep_expires_in_deadline_order_skips_finished_tasks_and_forgets_old_ids(sim2, hand_plant):
+    clock = FakeClock(100.0)
+    gw = make_gw(sim2, hand_plant, "local", clock, result_grace_s=0.5)
+    # deadlines 101.5 (b), 102.5 (a, c); c finishes before its deadline
+    gw.decide(req("a"))
+    gw.decide(req("b", deadline=1.5))
+    gw.decide(req("c"))
+    assert gw.on_result("c", PART_WHOLE, DONE, "", "device:d0").state == DONE
+    clock.t = 102.01
+    assert [t.req.task_id for t in gw.sweep()] == ["b"]
+    clock.t = 103.01
+    assert [t.req.task_id for t in gw.sweep()] == ["a"]  # c was terminal already: not swept again
+    assert gw.tracked == {} and gw.counters["deadline_missed"] == 2 and gw.counters["done"] == 1
+    # a terminal id is remembered for 60 s (a duplicate request is refused), then forgotten in time order
+    assert list(gw.finished_ids) == ["c", "b", "a"]
+    clock.t = 100.0 + 60.5  # c finished at 100.0
+    gw.sweep()
+    assert list(gw.finished_ids) == ["b", "a"]
+    clock.t = 103.01 + 60.01
+    gw.sweep()
+    assert gw.finished_ids == {}
+
+
 def test_results_for_unknown_or_finished_tasks_are_late(sim2, hand_plant):
     gw = make_gw(sim2, hand_plant, "local")
     assert gw.on_result("never", PART_WHOLE, DONE, "", "x") is None

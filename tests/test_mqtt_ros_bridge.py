@@ -336,3 +336,37 @@ def test_latency_mqtt_request_to_ros_task_request(stack):
           f"({m['answered']}/{m['sent']} at {m['rate_per_s']}/s); floor (bare QoS 1 echo RTT): "
           f"p50 {floor['p50_ms']:.3f} ms, p99 {floor['p99_ms']:.3f} ms")
     assert m["answered"] == m["sent"]  # nothing lost
+
+
+def test_remembered_tasks_expire_in_time_order_and_settled_ones_are_not_counted(monkeypatch):
+    """The bridge forgets a task once its deadline plus task_retention_s has passed, popping expiries in time
+    order (not scanning every remembered task under the lock); a task settled or replaced before is not
+    expired again."""
+    import rclpy
+    from rclpy.context import Context
+
+    from aigc_offload import mqtt_bridge_node as mbn
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=random.randint(150, 230))
+    node = mbn.MqttBridgeNode(context=ctx)
+    try:
+        addr = DeviceAddress("factory", "plant1", "line1", "cam01")
+        a, b, c = mbn._Task(addr, 0.0, 30.0), mbn._Task(addr, 0.0, 10.0), mbn._Task(addr, 0.0, 20.0)
+        for tid, t in (("a", a), ("b", b), ("c", c)):
+            assert node._remember(tid, t) is None
+        with node._lock:
+            del node._tasks["c"]  # settled by its terminal result
+        monkeypatch.setattr(mbn.time, "time", lambda: 15.0)
+        node._expire()
+        assert list(node._tasks) == ["a"] and node.counters["expired"] == 1
+        node._remember("b", mbn._Task(addr, 0.0, 40.0))  # the id again, later: the old expiry does not touch it
+        monkeypatch.setattr(mbn.time, "time", lambda: 35.0)
+        node._expire()
+        assert list(node._tasks) == ["b"] and node.counters["expired"] == 2
+        monkeypatch.setattr(mbn.time, "time", lambda: 41.0)
+        node._expire()
+        assert not node._tasks and node.counters["expired"] == 3 and not node._expiries
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)

@@ -47,6 +47,8 @@ Run: ``python -m aigc_offload.mqtt_bridge_node --ros-args --params-file config/m
 
 from __future__ import annotations
 
+import heapq
+
 import logging
 import sys
 import threading
@@ -119,6 +121,10 @@ class MqttBridgeNode(Autostart, LifecycleNode):
         self._device_kind = TaskRequest.DEVICE_CAMERA
         self._retention_s = 60.0
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
+        # (expiry, task id, entry) of every remembered task: expiry pops the expired ones instead of scanning
+        # up to max_tracked_tasks entries under the lock every second
+        self._expiries: list[tuple[float, int, str, _Task]] = []
+        self._expiry_seq = 0
         self._lock = threading.Lock()
         self._active = False
         self._handles: list = []
@@ -267,6 +273,7 @@ class MqttBridgeNode(Autostart, LifecycleNode):
         self._teardown()
         with self._lock:
             self._tasks.clear()
+            self._expiries.clear()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -292,6 +299,8 @@ class MqttBridgeNode(Autostart, LifecycleNode):
                 return old.address.device
             self._tasks[task_id] = entry
             self._tasks.move_to_end(task_id)
+            self._expiry_seq += 1
+            heapq.heappush(self._expiries, (entry.expires_at_s, self._expiry_seq, task_id, entry))
             while len(self._tasks) > limit:
                 evicted.append(self._tasks.popitem(last=False)[0])
                 self.counters["evicted_full"] += 1
@@ -303,10 +312,13 @@ class MqttBridgeNode(Autostart, LifecycleNode):
     def _expire(self) -> None:
         now = time.time()
         with self._lock:
-            gone = [tid for tid, t in self._tasks.items() if t.expires_at_s < now]
-            for tid in gone:
-                del self._tasks[tid]
-            self.counters["expired"] += len(gone)
+            heap, gone = self._expiries, 0
+            while heap and heap[0][0] < now:
+                _, _, tid, entry = heapq.heappop(heap)
+                if self._tasks.get(tid) is entry:  # not settled, evicted or replaced since
+                    del self._tasks[tid]
+                    gone += 1
+            self.counters["expired"] += gone
 
     # -- MQTT -> ROS (BridgeClient dispatcher threads) ---------------------------------------------
     def _on_mqtt_request(self, inc) -> None:
