@@ -269,6 +269,7 @@ class LadtsConfig(ladts.Config):
     eval_action: str = "deterministic"
     gateways: str = DEFAULT_GATEWAYS
     checkpoint_every: int = 10
+    updates_per_slot: int = 1  # the code's; the factory's ~196 updates per station per episode are plenty (above)
 
 
 def ladts_obs_dim(N: int) -> int:
