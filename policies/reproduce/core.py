@@ -430,6 +430,19 @@ def transferred_points(e: dict) -> list[tuple[str, str, str]]:
             if e["points"][x].get("policies_from")]
 
 
+def transfer_sentence(e: dict, where: str, see_check: bool) -> str | None:
+    """The report's sentence naming the points of experiment ``e`` evaluated with the policies of ``where`` (e.g.
+    "the default scene (`p0.5_dU_I50`)") instead of retrained ones; None when it has none."""
+    moved = transferred_points(e)
+    if not moved:
+        return None
+    return (f"Evaluated with the policies trained at {where}, not retrained: {e['x_label']} = "
+            f"{', '.join(x for x, _, _ in moved)} (points {', '.join(f'`{n}`' for _, n, _ in moved)})"
+            + ("" if len(moved) == len(e["x_values"]) else "; the other points use policies trained there")
+            + ". A deviation from the paper, which retrains per point"
+            + (" (see the transfer check above)" if see_check else "") + ".\n")
+
+
 def transfer_gaps(results: dict, metric: str) -> list[dict]:
     """The measured cost of a policy transfer: every transferred point of ``results`` that has a retrained twin
     (a point with its own runs and the same preset overrides, in any experiment), with ``metric`` of each

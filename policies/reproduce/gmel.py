@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from policies.reproduce.core import (Experiment, Method, PaperSpec, Point, Settings, invocation_lines,
-                                     training_and_runs_sections, transfer_gaps, transferred_points)
+                                     training_and_runs_sections, transfer_gaps, transfer_sentence,
+                                     transferred_points)
 from policies.reproduce.png import Panel, Series, figure
 
 OURS = "amarl"
@@ -409,18 +410,12 @@ def write_report(results: dict, out: Path) -> None:
         fname = FIGURE_FILES.get(ek)
         if fname in figs:
             L.append(f"![{e['figure']}]({fname})\n")
-        moved = transferred_points(e)
         if ek == "retrained":
             L.append(f"The columns \"default-trained\" evaluate the runs of the default scene (`{DEFAULT_NAME}`) at "
                      "that scene, as Figs. 4 and 5 do; the others evaluate policies retrained at the scene, as the "
                      "paper does. Their difference is what the deviation costs there.\n")
-        elif moved:
-            L.append(f"Evaluated with the policies trained at the default scene (`{DEFAULT_NAME}`), not retrained: "
-                     f"{e['x_label']} = {', '.join(x for x, _, _ in moved)} (points "
-                     f"{', '.join(f'`{n}`' for _, n, _ in moved)})"
-                     + ("" if len(moved) == len(e["x_values"]) else "; the other points use policies trained there")
-                     + ". A deviation from the paper, which retrains per point"
-                     + (" (see the transfer check above)" if gaps else "") + ".\n")
+        elif (sentence := transfer_sentence(e, f"the default scene (`{DEFAULT_NAME}`)", bool(gaps))) is not None:
+            L.append(sentence)
         for metric, name in (("completion_rate", "Task completion rate"), ("latency_s", "Average latency (s, a drop "
                              "counted at its deadline)"), ("reward", "Episode reward per IED")):
             L.append(f"{name} (mean ± std over seeds):\n")

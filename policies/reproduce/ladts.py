@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from policies.reproduce.core import (Experiment, Method, PaperSpec, Point, Settings, transfer_gaps,
-                                     transferred_points)
+                                     transfer_sentence, transferred_points)
 from policies.reproduce.png import Panel, Series, figure
 
 TRAINED = ("ladts", "d2sac_ts", "sac_ts", "dqn_ts")
@@ -502,17 +502,12 @@ def write_report(results: dict, out: Path) -> None:
                  "steps": "fig8_steps_alpha.png", "alpha": "fig8_steps_alpha.png"}.get(ek)
         if fname in figs and ek in ("tasks", "quality", "steps"):
             L.append(f"![{e['figure']}]({fname})\n")
-        moved = transferred_points(e)
         if ek == "retrained":
             L.append(f"\"Z=20 default-trained\" evaluates the runs of the default point (`{DEFAULT.name}`) at Z = 20, "
                      "as Figs. 6b and 7a do; \"Z=20\" evaluates policies retrained there, as the paper does. Their "
                      "difference is what the deviation costs there.\n")
-        elif moved:
-            L.append(f"Evaluated with the policies trained at the default point (`{DEFAULT.name}`), not retrained: "
-                     f"{e['x_label']} = {', '.join(x for x, _, _ in moved)} (points "
-                     f"{', '.join(f'`{n}`' for _, n, _ in moved)}). A deviation from the paper, which retrains "
-                     "per point"
-                     + (" (see the transfer check above)" if gaps else "") + ".\n")
+        elif (sentence := transfer_sentence(e, f"the default point (`{DEFAULT.name}`)", bool(gaps))) is not None:
+            L.append(sentence)
         L.append("| method | " + " | ".join(x if ek == "retrained" else f"{e['x_label']} = {x}"
                                            for x in e["x_values"]) + " |")
         L.append("|---|" + "---|" * len(e["x_values"]))
