@@ -435,10 +435,10 @@ def run(rate: float = 500.0, seconds: float = 10.0, *, deployment=None, cameras:
         graph = Graph(specs, wd, _ros_env(domain))
         graph.start()
         ros = _RosWatch(domain, len(plant.edges), GatewayReadiness)
-        if not ros.ready.wait(120):
-            failed = "; ".join(f"{p.spec.name} exited {p.returncode}" for p in graph.failed()) or "no diagnostics"
-            raise RuntimeError(f"the gateway did not report every edge server alive within 120 s ({failed}); "
-                               f"logs in {wd}")
+        if not ros.ready.wait(120, abort=lambda: bool(graph.failed())):
+            failed = graph.failure_summary() or "no node exited"
+            raise RuntimeError(f"the gateway did not report every edge server alive within 120 s; logs in {wd}\n"
+                               f"{failed}")
         ros.close()  # nothing of this process on ROS while measuring
         ros = None
         for d, a in zip(cams, addrs):

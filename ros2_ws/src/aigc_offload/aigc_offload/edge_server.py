@@ -72,6 +72,11 @@ class EdgeServer(Autostart, LifecycleNode):
             self._io_executor.spin()
         except ExternalShutdownException:
             pass
+        except Exception:  # noqa: BLE001
+            # A SIGTERM shuts the context down while this executor builds its next wait set; rclpy
+            # then raises RCLError instead of ExternalShutdownException. Only that case is quiet.
+            if self.context.ok():
+                raise
 
 
     def __init__(self, node_name: str = "edge_server", **kwargs):
@@ -138,11 +143,9 @@ class EdgeServer(Autostart, LifecycleNode):
             return self._fail(f"execution must be 'paced' or 'generative', got '{g('execution')}'")
         self.work = model_work_table(preset)
         wait_s = float(g("cloud_wait_s"))
-        if not self._list_client.wait_for_service(timeout_sec=wait_s):
-            return self._fail(f"the cloud model server ({self._list_client.srv_name}) did not answer within {wait_s:g} s")
-        resp = self._call(self._list_client, ListModels.Request(), wait_s)
-        if resp is None:
-            return self._fail("list_models did not answer")
+        resp = self._list_models(wait_s)
+        if isinstance(resp, str):
+            return self._fail(resp)
         self.manifests = {m.name: m for m in resp.manifests}
         missing = sorted(set(self.work) - set(self.manifests))
         if missing:
@@ -246,6 +249,23 @@ class EdgeServer(Autostart, LifecycleNode):
         self.core = None
 
     # -- helpers --------------------------------------------------------------------------------
+    def _list_models(self, wait_s: float):
+        """The cloud's catalog, asked again every few seconds until ``wait_s`` has passed; a sentence
+        saying what failed otherwise. Why again: a service found by ``wait_for_service`` can still
+        drop the first response when the server has not yet matched this client's reply reader
+        (Fast DDS logs "failed to send response (timeout)"); seen on a loaded 2-core machine."""
+        end = time.monotonic() + wait_s
+        if not self._list_client.wait_for_service(timeout_sec=wait_s):
+            return f"the cloud model server ({self._list_client.srv_name}) did not answer within {wait_s:g} s"
+        attempts = 0
+        while (left := end - time.monotonic()) > 0 or attempts == 0:
+            attempts += 1
+            resp = self._call(self._list_client, ListModels.Request(), max(1.0, min(5.0, left)))
+            if resp is not None:
+                return resp
+            self.get_logger().warning(f"list_models did not answer (attempt {attempts}); asking again.")
+        return f"list_models did not answer in {attempts} attempts within {wait_s:g} s"
+
     def _call(self, client, request, timeout_s: float):
         fut = client.call_async(request)
         done = threading.Event()

@@ -203,10 +203,9 @@ def _watch(run: PlantRun, duration_s, max_tasks, record, report_path, out, progr
         ready = GatewayReadiness(node, len(plant.edges))
         ingress = IngressReadiness(node, len(run.ctrl)) if run.ctrl else None
         threading.Thread(target=ex.spin, daemon=True).start()  # after every entity is created
-        if not ready.wait(120.0):
-            failed = graph.failed()
-            why = "; ".join(f"{p.spec.name} exited {p.returncode}" for p in failed) or "no diagnostics"
-            print(f"factory: the graph did not come up ({why}); logs in {workdir}", file=sys.stderr)
+        if not ready.wait(120.0, abort=lambda: bool(graph.failed())):
+            why = graph.failure_summary() or "the gateway did not report every edge server alive within 120 s"
+            print(f"factory: the graph did not come up; logs in {workdir}\n{why}", file=sys.stderr)
             return 1
         # The clock starts once the ingress has connected to every controller (their requests wait
         # in the device until then; on a busy machine the secure sessions take seconds to open).

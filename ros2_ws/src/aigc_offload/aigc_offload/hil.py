@@ -279,8 +279,9 @@ def run_hil(dep, *, slots: int, seed: int, workdir: str, settle_s: float = 5.0, 
         player = TracePlayer(node, plant, np.asarray(wl.params["device_cpu_ghz"]))
         ready = GatewayReadiness(node, len(plant.edges))
         threading.Thread(target=ex.spin, daemon=True).start()  # after every entity is created
-        if not ready.wait(180.0):
-            raise RuntimeError("the gateway did not see every edge server: " + graph.tail("edge_gateway"))
+        if not ready.wait(180.0, abort=lambda: bool(graph.failed())):
+            raise RuntimeError("the gateway did not see every edge server: "
+                               + (graph.failure_summary() or graph.tail("edge_gateway")))
         time.sleep(1.0)
         print(f"hil: playing {len(tasks)} tasks of {slots} slots ({slots * sim.preset.slot_s:g} s)", file=out, flush=True)
         start = player.play(tasks, sim.preset.slot_s, settle_s=max(sim.preset.report_deadline_s, sim.preset.image_deadline_s)
@@ -386,8 +387,9 @@ def run_hil_devices(dep, *, slots: int, seed: int, controllers: int, cameras: in
         cams: dict[str, DeviceClient] = {}
         opc: dict[str, tuple] = {}
         try:
-            if not ready.wait(180.0):
-                raise RuntimeError("the gateway did not see every edge server: " + run.graph.tail("edge_gateway"))
+            if not ready.wait(180.0, abort=lambda: bool(run.graph.failed())):
+                raise RuntimeError("the gateway did not see every edge server: "
+                                   + (run.graph.failure_summary() or run.graph.tail("edge_gateway")))
             # The PLC program's secure sessions to the controllers, the cameras' MQTT sessions.
             if run.ctrl:
                 opc = asyncio.run_coroutine_threadsafe(_plc_sessions(run), loop).result(120.0)

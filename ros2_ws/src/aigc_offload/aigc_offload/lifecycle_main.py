@@ -58,8 +58,10 @@ def run_node(make_node: Callable[[], object], make_executor: Callable[[], object
              args: list[str] | None = None) -> int:
     rclpy.init(args=args)  # rclpy's handlers turn SIGINT and SIGTERM into a context shutdown
     node = None
+    name = "node"
     try:
         node = make_node()
+        name = node.get_name()  # kept: after a context shutdown the node's handle may be gone
         executor = make_executor()
         executor.add_node(node)
         executor.spin()
@@ -68,11 +70,14 @@ def run_node(make_node: Callable[[], object], make_executor: Callable[[], object
     finally:
         if node is not None:
             # After a signal the context (and rosout) is gone: the last line goes to stderr.
-            print(f"[INFO] [{node.get_name()}]: Shutting down.", file=sys.stderr, flush=True)
+            print(f"[INFO] [{name}]: Shutting down.", file=sys.stderr, flush=True)
             try:
                 node.release()
             except Exception as exc:  # noqa: BLE001 - shutting down anyway; say what failed
-                print(f"[WARN] [{node.get_name()}]: release failed: {exc}", file=sys.stderr, flush=True)
-            node.destroy_node()
+                print(f"[WARN] [{name}]: release failed: {exc}", file=sys.stderr, flush=True)
+            try:
+                node.destroy_node()
+            except Exception as exc:  # noqa: BLE001 - the context's shutdown may have destroyed it already
+                print(f"[WARN] [{name}]: destroy failed: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
     return 1 if node is not None and node.autostart_failed else 0

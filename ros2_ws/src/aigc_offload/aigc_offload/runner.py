@@ -96,6 +96,12 @@ class Graph:
                 codes[p.spec.name] = p.proc.wait()
         return codes
 
+    def failure_summary(self, lines: int = 6) -> str:
+        """One paragraph per node that exited: its name, exit code and the last lines of its log;
+        "" while every node runs."""
+        return "\n".join(f"{p.spec.name} exited {p.returncode}:\n{self.tail(p.spec.name, lines)}"
+                         for p in self.failed())
+
     def tail(self, name: str, lines: int = 15) -> str:
         for p in self.procs:
             if p.spec.name == name and p.log_path.exists():
@@ -123,8 +129,16 @@ class GatewayReadiness:
 
         self._sub = node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
 
-    def wait(self, timeout_s: float) -> bool:
-        return self._ready.wait(timeout_s)
+    def wait(self, timeout_s: float, abort=None) -> bool:
+        """True once every edge server is alive; False after ``timeout_s`` or as soon as ``abort()``
+        (polled twice a second, e.g. "a node of the graph exited") is true."""
+        end = time.monotonic() + timeout_s
+        while not self._ready.is_set():
+            left = end - time.monotonic()
+            if left <= 0 or (abort is not None and abort()):
+                return False
+            self._ready.wait(min(0.5, left))
+        return True
 
 
 class IngressReadiness:
