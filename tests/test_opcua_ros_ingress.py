@@ -63,6 +63,9 @@ class Gateway:
         self.exec_sub = n.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, self.executions.put, 100)
         self.dec_pub = n.create_publisher(Decision, DECISION_TOPIC, 100)
         self.res_pub = n.create_publisher(TaskResult, RESULT_TOPIC, 100)
+        from aigc_offload.runner import IngressReadiness
+
+        self.ingress = IngressReadiness(n, 2)
 
     def wait_matched(self, timeout_s: float = 20.0) -> None:
         wait_for(lambda: self.req_sub.get_publisher_count() > 0 and self.exec_sub.get_publisher_count() > 0
@@ -103,6 +106,9 @@ def setup(tmp_path_factory):
     ctx = {"pki": pki, "loop": loop, "urls": urls, "devs": devs, "node": node, "gw": gw, "domain": domain, "tmp": tmp}
     try:
         gw.wait_matched()
+        # Secure sessions to both devices (slow on a loaded machine): the tests' own waits are for
+        # the steady state, not for the ingress's start.
+        assert gw.ingress.wait(90.0), f"the ingress connected {gw.ingress.connected or 'no'} endpoints within 90 s"
         yield ctx
     finally:
         gw.close()
