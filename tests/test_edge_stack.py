@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import random
 import signal
 import subprocess
@@ -112,11 +113,34 @@ def test_launch_file_starts_exactly_the_runners_nodes(monkeypatch, tmp_path):
         assert [(r["package"], r["executable"], r["name"], r["parameters"]) for r in recorded] == \
             [("aigc_offload", s.executable, s.name, [s.parameters]) for s in expected]
     assert [r["name"] for r in recorded] == ["cloud_model_server", "edge0", "edge1", "edge_gateway"]
+    # The execution tier runs niced, the decision path does not.
+    assert [r.get("prefix") for r in recorded] == ["nice -n 10"] * 3 + [None]
     # Every executable the launch file names is a console script of the package and a module.
     setup_py = (LAUNCH_FILE.parent.parent / "setup.py").read_text()
     for r in recorded:
         assert f"{r['executable']} = aigc_offload.{r['executable']}:main" in setup_py
         assert importlib.util.find_spec(f"aigc_offload.{r['executable']}") is not None
+
+
+def test_execution_tier_starts_niced_in_its_own_autogroup():
+    """``Deployment.execution_nice`` reaches the edge servers and the cloud, not the decision path, and
+    the runner's ``preexec_fn`` sets it for the process and for the autogroup of its new session."""
+    import functools
+
+    from aigc_offload.deployment import load_deployment, node_specs
+    from aigc_offload.runner import start_child
+
+    nice = {s.executable: s.nice for s in node_specs(load_deployment(CONFIG_FILE, {"execution_nice": 7,
+                                                                                  "mqtt.enabled": True}))}
+    assert nice == {"cloud_model_server": 7, "edge_server": 7, "edge_gateway": 0, "mqtt_bridge_node": 0}
+    assert {s.nice for s in node_specs(load_deployment(CONFIG_FILE, {"execution_nice": 0}))} == {0}
+    code = ("import os, pathlib; ag = pathlib.Path('/proc/self/autogroup'); "
+            "print(os.nice(0), ag.read_text().split()[-1] if ag.exists() else 'none')")
+    for n in (0, 7):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             start_new_session=True, preexec_fn=functools.partial(start_child, n)).stdout.split()
+        assert int(out[0]) == os.nice(0) + n
+        assert out[1] in ("none", str(n)), out  # "none": a kernel without autogroups
 
 
 # -- helpers for the DDS tests -------------------------------------------------------------------

@@ -114,6 +114,11 @@ class Deployment(BaseModel):
     cloud: CloudConfig = Field(default_factory=CloudConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     opcua: OpcuaConfig = Field(default_factory=OpcuaConfig)
+    execution_nice: int = Field(
+        10, ge=0, le=19,
+        description="CPU niceness of the execution tier (edge servers, cloud) when the whole graph shares one "
+                    "machine: the decision path (gateway, bridge, ingress) keeps the CPU when it is saturated; "
+                    "0 = equal shares")
 
 
 def load_deployment(path: str | Path, overrides: dict[str, Any] | None = None) -> Deployment:
@@ -222,6 +227,7 @@ class NodeSpec:
     executable: str  # console script of the package (= module aigc_offload.<executable>)
     name: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    nice: int = 0  # CPU niceness of the process (Deployment.execution_nice for the execution tier)
 
     @property
     def module(self) -> str:
@@ -245,7 +251,8 @@ def node_specs(dep: Deployment, plant: Plant | None = None) -> list[NodeSpec]:
     plant = plant or draw_plant(dep)
     catalog = dep.cloud.catalog_dir or default_catalog_dir()
     specs = [NodeSpec("cloud_model_server", CLOUD_NODE, {
-        "catalog_dir": catalog, "max_chunk_bytes": dep.cloud.max_chunk_bytes, "autostart": True})]
+        "catalog_dir": catalog, "max_chunk_bytes": dep.cloud.max_chunk_bytes, "autostart": True},
+        nice=dep.execution_nice)]
     peers = [e.server_id for e in plant.edges]
     for e in plant.edges:
         specs.append(NodeSpec("edge_server", e.server_id, {
@@ -253,7 +260,8 @@ def node_specs(dep: Deployment, plant: Plant | None = None) -> list[NodeSpec]:
             "storage_mb": e.storage_mb, "initial_models": list(e.initial_models) or [""],
             "peers": peers, "execution": dep.edge_server.execution,
             "status_period_s": dep.edge_server.status_period_s, "cache_dir": dep.edge_server.cache_dir,
-            "download_chunk_bytes": dep.edge_server.download_chunk_bytes, "autostart": True}))
+            "download_chunk_bytes": dep.edge_server.download_chunk_bytes, "autostart": True},
+            nice=dep.execution_nice))
     specs.append(NodeSpec("edge_gateway", GATEWAY_NODE, {
         "preset": dep.preset, "seed": dep.seed, "num_edge_servers": len(plant.edges),
         "policy": dep.gateway.policy, "fallback_policy": dep.gateway.fallback_policy,

@@ -13,6 +13,7 @@ decision, decision -> result, end to end).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -35,6 +36,21 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def start_child(nice: int) -> None:
+    """``preexec_fn`` of a node: :func:`die_with_parent`, then ``nice`` for the process and for the
+    Linux autogroup its new session got (``start_new_session``). Why both: with autogroups on (the
+    default of desktop and server kernels), the scheduler first splits the CPU between sessions, so
+    a process's own nice value only ranks it inside its session."""
+    die_with_parent()
+    if nice:
+        os.nice(nice)
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(nice))
+        except OSError:  # kernel without autogroups: the process's nice value is what counts
+            pass
 
 
 @dataclass
@@ -64,7 +80,7 @@ class Graph:
                 [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
                  "--params-file", str(params)],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
-                preexec_fn=die_with_parent)
+                preexec_fn=functools.partial(start_child, spec.nice))
             self.procs.append(NodeProcess(spec, proc, log_path))
 
     def failed(self) -> list[NodeProcess]:

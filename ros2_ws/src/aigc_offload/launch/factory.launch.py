@@ -31,8 +31,11 @@ def _nodes(context, *args, **kwargs):
     if num_edges:
         overrides["num_edge_servers"] = int(num_edges)
     deployment = load_deployment(config, overrides)
+    # The execution tier runs niced (Deployment.execution_nice): on a shared machine the decision path
+    # keeps the CPU. ros2 launch keeps its children in its own session, so plain nice is enough.
     return [Node(package="aigc_offload", executable=spec.executable, name=spec.name,
-                 parameters=[spec.parameters], output="screen")
+                 parameters=[spec.parameters], output="screen",
+                 **({"prefix": f"nice -n {spec.nice}"} if spec.nice else {}))
             for spec in node_specs(deployment)]
 
 
