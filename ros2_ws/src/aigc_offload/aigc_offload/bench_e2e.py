@@ -418,7 +418,7 @@ def run(rate: float = 500.0, seconds: float = 10.0, *, deployment=None, cameras:
         pw.write_text(broker.password("bridge"))
         pw.chmod(0o600)
         pki = wd / "pki"
-        make_lab_pki(pki, [plc.device_id], ["gateway", "plc"], hosts=["localhost", "127.0.0.1"])
+        make_lab_pki(pki, [plc.device_id], ["gateway", "plc"], hosts=["localhost", "127.0.0.1", socket.gethostname()])
         port = _free_port()
         device = _DeviceProcess(port, pki, plc.device_id, "plc", wd / f"device_{plc.device_id}.log")
         run_dep = dep.model_copy(update={

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -112,7 +113,8 @@ class PlantRun:
             self.pki = workdir / "pki"
             subprocess.run([sys.executable, "-m", "opcua_devices.pki", "--out", str(self.pki), "--devices",
                             *[d.device_id for d in self.ctrl], "--clients", "gateway", *self.extra_clients,
-                            "--hosts", "localhost"], env=self.env, check=True, capture_output=True, text=True)
+                            "--hosts", "localhost", socket.gethostname()],  # asyncua checks its own host name
+                           env=self.env, check=True, capture_output=True, text=True)
             for d in self.ctrl:
                 port = _free_port()
                 self.endpoints.append(f"opc.tcp://localhost:{port}")

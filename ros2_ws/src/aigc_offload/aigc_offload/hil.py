@@ -474,6 +474,7 @@ async def _plc_sessions(run) -> dict:
         deadline = time.monotonic() + 90.0
         while True:  # the server process may still be starting; a new Client per attempt (asyncua #1660)
             client = Client(f"{url}/aigc/", timeout=10)
+            client.session_timeout = 60_000  # within what the device servers grant (asyncua: at most 600 s)
             try:
                 await apply_client_security(client, pki.client_security("plc"))  # fetches the endpoints too
                 await client.connect()
