@@ -174,9 +174,10 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "e2e":
+        dep = _factory_deployment(args)
         from aigc_offload.bench_e2e import cli as bench_e2e
 
-        return bench_e2e(args.rate, args.seconds, args.json, args.protocols)
+        return bench_e2e(args.rate, args.seconds, args.json, args.protocols, deployment=dep)
     if args.what == "decision":
         from policies.runtime.bench import bench_decision, format_bench_decision
 
@@ -370,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=500.0, help="e2e: requests per second per protocol")
     p.add_argument("--seconds", type=float, default=10.0, help="e2e: measured seconds per protocol")
     p.add_argument("--protocols", default="mqtt,opcua", help="e2e: phases to measure (mqtt, opcua, or both)")
+    p.add_argument("--config", help="e2e: deployment file (default: the package's config/factory.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="e2e: override a deployment field (dotted keys), e.g. execution_nice=0")
     p.add_argument("--decisions", type=_positive_int, default=10_000, help="decision: timed single decisions per engine")
     p.add_argument("--decision-batch", type=_positive_int, default=1024, help="decision: tasks per batch for throughput")
     p.add_argument("--json", action="store_true")

@@ -26,12 +26,13 @@ def test_bench_e2e_json_short_run():
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "policies.cli"]
     env = dict(os.environ)
     env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
-    proc = subprocess.run([*cmd, "bench", "e2e", "--rate", "50", "--seconds", "2", "--json"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*cmd, "bench", "e2e", "--rate", "50", "--seconds", "2", "--json",
+                           "--set", "execution_nice=3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     print(json.dumps(res, indent=1))
     assert res["rate_per_s"] == 50
+    assert res["setup"]["execution_nice"] == 3  # --set reached the deployment the graph ran with
     for proto in ("mqtt", "opcua"):
         assert {"p50_ms", "p99_ms", "sent", "answered"} <= set(res[proto]), res[proto]
         assert res[proto]["sent"] == 100
@@ -55,6 +56,15 @@ def test_bench_e2e_protocols_option_is_checked_and_a_skipped_phase_is_null():
     phase = {"p50_ms": 2.0, "p99_ms": 8.0, "sent": 10, "answered": 10, "achieved_rate_per_s": 500.0}
     table = format_table({"rate_per_s": 500, "seconds": 10, "mqtt": phase, "opcua": None,
                           "floors": {"mqtt_echo": floor, "opcua_call": floor}, "load_average_1m": [0.1],
-                          "setup": {"policy": "p", "edge_servers": 4, "cpus": 2}})
-    assert "not measured (--protocols)" in table
+                          "setup": {"policy": "p", "edge_servers": 4, "cpus": 2, "execution_nice": 10}})
+    assert "not measured (--protocols)" in table and "edge servers at nice 10" in table
     assert "MQTT p50 <= 3 ms ok, p99 <= 10 ms ok, none lost ok" in table and "OPC UA p50 within" not in table
+
+
+def test_bench_e2e_refuses_an_unknown_deployment_field_with_a_sentence():
+    exe = Path(sys.executable).with_name("aigc-offload")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "policies.cli"]
+    proc = subprocess.run([*cmd, "bench", "e2e", "--set", "execution_niceness=3"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "execution_niceness" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

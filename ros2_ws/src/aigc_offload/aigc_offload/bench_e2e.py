@@ -479,7 +479,7 @@ def run(rate: float = 500.0, seconds: float = 10.0, *, deployment=None, cameras:
                 "load_average_1m": [round(x[0], 2) for x in load],
                 "setup": {"policy": dep.gateway.policy, "edge_servers": len(plant.edges), "cameras": len(devices),
                           "controllers": 1, "deadline_s": DEADLINE_S, "warmup_requests": warmup,
-                          "cpus": os.cpu_count(), "ros_domain_id": domain}}
+                          "cpus": os.cpu_count(), "ros_domain_id": domain, "execution_nice": dep.execution_nice}}
     finally:
         for dc in devices:
             try:
@@ -548,7 +548,8 @@ def format_table(res: dict[str, Any]) -> str:
                                                                   res["opcua"]),
             ("floor: bare MQTT QoS 1 echo", f["mqtt_echo"]), ("floor: bare secure OPC UA call", f["opcua_call"])]
     lines = [f"end-to-end at {res['rate_per_s']:g} requests/s for {res['seconds']:g} s "
-             f"(policy {res['setup']['policy']}, {res['setup']['edge_servers']} edge servers; "
+             f"(policy {res['setup']['policy']}, {res['setup']['edge_servers']} edge servers at nice "
+             f"{res['setup']['execution_nice']}; "
              f"load average 1 min {', '.join(str(x) for x in res['load_average_1m'])} on {res['setup']['cpus']} CPUs)",
              f"{'':42s} {'p50 ms':>8s} {'p99 ms':>8s} {'answered/sent':>14s} {'rate/s':>7s}"]
     for name, r in rows:
@@ -597,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     return cli(a.rate, a.seconds, a.json, a.protocols)
 
 
-def cli(rate: float, seconds: float, as_json: bool, protocols: str = ",".join(("mqtt", "opcua"))) -> int:
+def cli(rate: float, seconds: float, as_json: bool, protocols: str = ",".join(("mqtt", "opcua")),
+        deployment=None) -> int:
     if rate <= 0 or seconds <= 0:
         print("error: --rate and --seconds must be positive", file=sys.stderr)
         return 2
@@ -611,7 +613,7 @@ def cli(rate: float, seconds: float, as_json: bool, protocols: str = ",".join(("
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        res = run(rate, seconds, log=sys.stderr, protocols=chosen)
+        res = run(rate, seconds, deployment=deployment, log=sys.stderr, protocols=chosen)
     except KeyboardInterrupt:
         print("bench e2e: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
