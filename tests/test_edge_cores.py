@@ -141,6 +141,21 @@ def make_core(cached=("a",), *, cpu_hz=GHZ10, budget=10_000, clock=None, **kw) -
     return EdgeServerCore("edge0", cpu_hz, cache, clock=clock or FakeClock(100.0), **kw)
 
 
+def test_recent_acks_answer_a_repeated_hand_off_as_the_first_time_and_keep_only_the_newest():
+    from aigc_offload.edge_core import Admission, RecentAcks
+
+    acks = RecentAcks(capacity=2)
+    first = Admission(True, "download", "", 0.25)
+    acks.put("t1", 0, first)
+    acks.put("t2", 0, Admission(False, "reject", "queue full"))  # a refusal is judged again next time
+    assert acks.get("t1", 0) == first and acks.get("t2", 0) is None
+    assert acks.get("t1", 1) is None  # forwarded back with another hop count: a new hand-off
+    acks.put("t3", 0, Admission(True, "queue"))
+    acks.put("t4", 0, Admission(True, "cloud"))
+    assert acks.get("t1", 0) is None and acks.get("t4", 0).action == "cloud"
+    assert acks.repeats == 2
+
+
 def test_admit_cache_hit_queues():
     core = make_core(("a",))
     t = etask(model="a")

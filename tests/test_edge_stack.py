@@ -375,17 +375,25 @@ def test_cache_miss_downloads_verifies_runs_and_a_corrupted_download_is_refused(
                                                  "download_chunk_bytes": 32768, "autostart": True}, domain, tmp_path)]
     ros = RosHarness(domain)
     results: dict[str, TaskResult] = {}
+    result_count: dict[str, int] = {}
+
+    def on_result(m: TaskResult) -> None:
+        results.setdefault(m.task_id, m)
+        result_count[m.task_id] = result_count.get(m.task_id, 0) + 1
+
     try:
-        ros.node.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, lambda m: results.setdefault(m.task_id, m), 100)
+        ros.node.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, on_result, 100)
         submit = ros.node.create_client(SubmitTask, "/edge0/submit_task")
 
         assert submit.wait_for_service(timeout_sec=45.0), "edge0 never served submit_task"
+        sent: dict[str, SubmitTask.Request] = {}
 
         def run(model: str) -> tuple:
             req = request_msg("plc01", model, deadline_s=10.0)  # generous: this test is about the download
             dec = Decision(task_id=req.task_id, target_kind=Decision.TARGET_EDGE, target_index=0, target_id="edge0",
                            offload_share=1.0, download_model=True, model_name=model)
-            ack = ros.call(submit, SubmitTask.Request(task=req, decision=dec), 30.0)
+            sent[model] = SubmitTask.Request(task=req, decision=dec)
+            ack = ros.call(submit, sent[model], 30.0)
             end = time.monotonic() + 20.0
             while req.task_id not in results and time.monotonic() < end:
                 time.sleep(0.02)
@@ -393,6 +401,12 @@ def test_cache_miss_downloads_verifies_runs_and_a_corrupted_download_is_refused(
 
         ack, res = run("report-s")
         assert ack.accepted and ack.action == "download"
+        # The same hand-off again (as the gateway sends it when an acknowledgement is lost): the same
+        # answer, and the task is not run a second time.
+        again = ros.call(submit, sent["report-s"], 30.0)
+        assert (again.accepted, again.action) == (True, "download")
+        time.sleep(0.5)
+        assert result_count[res.task_id] == 1
         assert res is not None and res.state == TaskResult.DONE, res
         assert res.model_downloaded and not res.cache_hit and res.executed_on == "edge:edge0"
         blob = (cat / "report-s.onnx").read_bytes()

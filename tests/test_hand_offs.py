@@ -119,15 +119,44 @@ def test_refusal_is_reported_with_the_servers_reason(harness):
     assert failures[0] == ("t4", "edge0 refused the task: queue full")
 
 
-def test_silent_server_times_out_and_its_call_is_cancelled(harness):
+def test_silent_server_times_out_after_two_attempts_and_its_calls_are_cancelled(harness):
     sched, clients, failures = harness
     clients["edge0"].answer = None
     sched.schedule(0.0, req("t5"), "edge0")
     assert wait_until(lambda: len(failures) == 1)
-    assert failures[0] == ("t5", "edge0 did not acknowledge the task within 0.5 s")
-    assert clients["edge0"].futures[0].cancelled()
+    assert failures[0] == ("t5", "edge0 did not acknowledge the task within 0.5 s (2 attempt(s))")
+    assert clients["edge0"].sent == ["t5", "t5"]
+    assert all(f.cancelled() for f in clients["edge0"].futures)
     # a reply after the timeout is ignored: no second failure
     assert sched.pending() == 0 and len(failures) == 1
+
+
+def test_a_lost_acknowledgement_is_asked_for_again_and_the_late_first_reply_is_ignored(harness):
+    sched, clients, failures = harness
+    edge = clients["edge0"]
+    edge.answer = None  # the first call's reply is lost ...
+    sched.schedule(0.0, req("t6"), "edge0")
+    assert wait_until(lambda: len(edge.sent) == 1)
+    edge.answer = "accept"  # ... the second is answered
+    assert wait_until(lambda: len(edge.sent) == 2)
+    assert wait_until(lambda: sched.pending() == 0)
+    assert edge.futures[0].cancelled() and edge.futures[1].result().accepted
+    time.sleep(0.6)  # past a second timeout: nothing more is sent, nothing fails
+    assert edge.sent == ["t6", "t6"] and failures == []
+
+
+def test_one_attempt_fails_at_the_first_timeout():
+    edge = FakeClient("edge0", answer=None)
+    failures: list = []
+    sched = HandOffScheduler({"edge0": edge}.get, lambda t, r: failures.append((t, r)), timeout_s=0.2, attempts=1)
+    try:
+        sched.schedule(0.0, req("t7"), "edge0")
+        assert wait_until(lambda: len(failures) == 1)
+        assert edge.sent == ["t7"] and "(1 attempt(s))" in failures[0][1]
+    finally:
+        sched.stop()
+    with pytest.raises(ValueError, match="attempts must be at least 1"):
+        HandOffScheduler({}.get, lambda *_a: None, timeout_s=0.2, attempts=0)
 
 
 def test_many_hand_offs_each_end_exactly_once(harness):

@@ -34,6 +34,7 @@ from aigc_offload_interfaces.msg import ModelManifest as ModelManifestMsg
 from aigc_offload_interfaces.msg import TaskResult
 from aigc_offload_interfaces.srv import FetchModelChunk, ListModels, SubmitTask
 
+from .edge_core import Admission, RecentAcks
 from .lifecycle_main import Autostart, run_node
 from .messages import TASK_SERVICE_QOS
 from .model_catalog import CatalogError, ModelCatalog
@@ -54,6 +55,7 @@ class CloudModelServer(Autostart, LifecycleNode):
         self.backhaul_free_s = 0.0  # when the shared backhaul FIFO is free (POSIX s)
         self._backhaul_lock = threading.Lock()
         self._task_timers: set[threading.Timer] = set()
+        self._acks = RecentAcks()
         self.tasks_run = 0
         self.max_chunk_bytes = DEFAULT_MAX_CHUNK_BYTES
         self._data_services: list = []
@@ -174,6 +176,12 @@ class CloudModelServer(Autostart, LifecycleNode):
             response.accepted, response.action = False, "reject"
             response.reason = f"the cloud does not know model '{req.model_name}'"
             return response
+        before = self._acks.get(req.task_id, int(request.hops))
+        if before is not None:  # sent again after a lost acknowledgement: run it once
+            self.get_logger().warning(f"Hand-off of {req.task_id} repeated; answered as the first time.")
+            response.accepted, response.action, response.reason = before.accepted, before.action, before.reason
+            response.expected_wait_s = float(before.expected_wait_s)
+            return response
         task = edge_task(req, request.decision, self.work, hops=int(request.hops))
         now = time.time()
         up_s = task.share * task.input_bits / self.backhaul_bps
@@ -183,6 +191,7 @@ class CloudModelServer(Autostart, LifecycleNode):
         compute_s = task.work_cycles / self.cloud_hz
         finish = start_up + up_s + compute_s  # the output (a few kbit) crosses back in microseconds
         response.accepted, response.action, response.expected_wait_s = True, "cloud", start_up - now
+        self._acks.put(task.task_id, task.hops, Admission(True, "cloud", "", start_up - now))
         late = finish > task.deadline_at_s
         fire_at = task.deadline_at_s if late else finish
 

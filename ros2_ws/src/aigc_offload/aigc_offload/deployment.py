@@ -59,7 +59,8 @@ class GatewayConfig(BaseModel):
                         description="heuristic name or an exported .onnx policy (relative: cwd, then policies/trained/)")
     fallback_policy: str = Field("greedy", description="heuristic used if `policy` cannot be loaded; '' = refuse to activate")
     result_grace_s: float = Field(0.5, ge=0, description="wait past a task's deadline before declaring it missed, s")
-    submit_timeout_s: float = Field(1.0, gt=0, description="how long a hand-off to a server may take, s")
+    submit_timeout_s: float = Field(1.0, gt=0, description="how long a hand-off to a server may wait for its "
+                                    "acknowledgement, s; it is sent once more before the task fails")
     diagnostics_period_s: float = Field(1.0, gt=0, description="diagnostics publication period, s")
 
 

@@ -21,7 +21,7 @@ NTP/PTP-synchronised hosts).
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -63,6 +63,36 @@ class Admission:
     action: str  # "queue" | "download" | "forward:<server_id>" | "cloud" | "reject"
     reason: str = ""
     expected_wait_s: float = 0.0
+
+
+class RecentAcks:
+    """The acknowledgement a server gave each recently accepted hand-off, by (task id, hops).
+
+    Why: the gateway sends a hand-off again when its acknowledgement does not arrive (DDS can drop
+    a reply), so a server can see a task twice; the second time it answers as the first time and
+    does not queue, download, forward or run it again. Hops are part of the key so that a task
+    forwarded back to a server it passed is still admitted. Only accepted hand-offs are kept (a
+    refused one can be judged again); the oldest go beyond ``capacity``. Thread-safe."""
+
+    def __init__(self, capacity: int = 50_000):
+        self.capacity = capacity
+        self._acks: OrderedDict[tuple[str, int], Admission] = OrderedDict()
+        self._lock = threading.Lock()
+        self.repeats = 0  # hand-offs answered from here
+
+    def get(self, task_id: str, hops: int) -> Admission | None:
+        with self._lock:
+            ack = self._acks.get((task_id, hops))
+            self.repeats += ack is not None
+            return ack
+
+    def put(self, task_id: str, hops: int, ack: Admission) -> None:
+        if not ack.accepted:
+            return
+        with self._lock:
+            self._acks[(task_id, hops)] = ack
+            while len(self._acks) > self.capacity:
+                self._acks.popitem(last=False)
 
 
 @dataclass

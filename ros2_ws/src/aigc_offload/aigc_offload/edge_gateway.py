@@ -99,6 +99,7 @@ class _HandOff:
     target_id: str = field(compare=False)
     future: Any = field(compare=False, default=None)
     timeout_at_s: float = field(compare=False, default=0.0)
+    attempts: int = field(compare=False, default=0)  # SubmitTask calls sent so far
 
 
 class HandOffScheduler:
@@ -107,15 +108,22 @@ class HandOffScheduler:
     One thread for every hand-off instead of a ``threading.Timer`` per task, which cost a thread
     start and a blocked thread per request at hundreds of requests per second. A hand-off whose
     target has no service yet is retried every 50 ms until ``timeout_s`` after it was due; a sent
-    one that is not acknowledged within ``timeout_s`` is cancelled. ``fail(task_id, reason)`` is
-    called once for every hand-off that did not land (refused, unreachable, unknown, silent);
-    the acknowledgements arrive on the thread that completes the futures (the gateway's hot path).
+    one that is not acknowledged within ``timeout_s`` is cancelled and sent again, up to
+    ``attempts`` calls in all. Why again: DDS can drop a reply whose reader the server has not
+    matched yet (Fast DDS "failed to send response"), and the servers answer a repeated hand-off
+    of a task with their first acknowledgement without running it twice (``edge_core.RecentAcks``).
+    ``fail(task_id, reason)`` is called once for every hand-off that did not land (refused,
+    unreachable, unknown, silent); the acknowledgements arrive on the thread that completes the
+    futures (the gateway's hot path).
     """
 
     RETRY_S = 0.05
 
-    def __init__(self, client_for: Callable[[str], Any], fail: Callable[[str, str], None], timeout_s: float):
-        self._client_for, self._fail, self.timeout_s = client_for, fail, timeout_s
+    def __init__(self, client_for: Callable[[str], Any], fail: Callable[[str, str], None], timeout_s: float,
+                 attempts: int = 2):
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {attempts}")
+        self._client_for, self._fail, self.timeout_s, self.attempts = client_for, fail, timeout_s, attempts
         self._due: list[_HandOff] = []
         self._sent: dict[int, _HandOff] = {}  # seq -> hand-off awaiting its acknowledgement
         self._seq = itertools.count()
@@ -154,7 +162,11 @@ class HandOffScheduler:
                     if h.timeout_at_s <= now:
                         del self._sent[seq]
                         h.future.cancel()
-                        failed.append((h, f"{h.target_id} did not acknowledge the task within {self.timeout_s:g} s"))
+                        if h.attempts < self.attempts:
+                            ready.append(h)  # sent again below, as it is
+                        else:
+                            failed.append((h, f"{h.target_id} did not acknowledge the task within "
+                                              f"{self.timeout_s:g} s ({h.attempts} attempt(s))"))
                 if not ready and not failed:
                     wake = min(([self._due[0].due_s] if self._due else []) +
                                [h.timeout_at_s for h in self._sent.values()], default=now + 1.0)
@@ -180,6 +192,7 @@ class HandOffScheduler:
             return ""
         with self._cv:
             h.timeout_at_s = now + self.timeout_s
+            h.attempts += 1
             h.future = client.call_async(h.request)
             self._sent[h.seq] = h
         h.future.add_done_callback(lambda fut, h=h: self._acknowledged(h, fut))
@@ -187,7 +200,8 @@ class HandOffScheduler:
 
     def _acknowledged(self, h: _HandOff, fut) -> None:
         with self._cv:
-            if self._sent.pop(h.seq, None) is None:  # timed out (and failed) already
+            # an earlier attempt's future (cancelled or late) says nothing about the current one
+            if h.future is not fut or self._sent.pop(h.seq, None) is None:  # or timed out (and failed) already
                 return
         if fut.cancelled():
             return

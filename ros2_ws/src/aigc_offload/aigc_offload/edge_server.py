@@ -45,7 +45,7 @@ from aigc_offload_interfaces.srv import FetchModelChunk, ListModels, SubmitTask
 from .lifecycle_main import Autostart, run_node, settle_heap
 from .cloud_model_server import ros_fetch_chunk
 from .deployment import TASK_QUEUE_DEPTH, CLOUD_NODE, EXECUTION_RESULT_TOPIC, STATUS_TOPIC
-from .edge_core import EdgeServerCore, EdgeTask, ModelCache, PeerStatus
+from .edge_core import EdgeServerCore, EdgeTask, ModelCache, PeerStatus, RecentAcks
 from .hot_path import HotPath
 from .messages import TASK_SERVICE_QOS, edge_task, from_time, model_work_table, task_result_for, to_time
 from .model_fetch import FetchError, download_model
@@ -97,6 +97,7 @@ class EdgeServer(Autostart, LifecycleNode):
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._active_handles: list = []
+        self._acks = RecentAcks()
         self._hot: HotPath | None = None
         self._generator = None
         # Outgoing calls live on a helper node with its own executor thread (see the module doc).
@@ -313,8 +314,15 @@ class EdgeServer(Autostart, LifecycleNode):
             response.accepted, response.action = False, "reject"
             response.reason = f"model '{request.task.model_name}' is not in the preset catalog of {self.server_id}"
             return response
+        before = self._acks.get(request.task.task_id, int(request.hops))
+        if before is not None:  # the gateway sent it again: its first acknowledgement was lost
+            self.get_logger().warning(f"Hand-off of {request.task.task_id} repeated; answered as the first time.")
+            response.accepted, response.action, response.reason = before.accepted, before.action, before.reason
+            response.expected_wait_s = float(before.expected_wait_s)
+            return response
         task = edge_task(request.task, request.decision, self.work, hops=int(request.hops))
         adm = core.admit(task)
+        self._acks.put(task.task_id, task.hops, adm)
         response.accepted, response.action, response.reason = adm.accepted, adm.action, adm.reason
         response.expected_wait_s = float(adm.expected_wait_s)
         if not adm.accepted:
