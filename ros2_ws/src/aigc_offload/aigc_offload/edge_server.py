@@ -365,7 +365,12 @@ class EdgeServer(Autostart, LifecycleNode):
         fwd = SubmitTask.Request(task=request.task, decision=request.decision, hops=int(request.hops) + 1)
 
         def send() -> None:
-            resp = self._call(client, fwd, 2.0) if client.wait_for_service(timeout_sec=1.0) else None
+            resp = None
+            if client.wait_for_service(timeout_sec=1.0):
+                for _attempt in range(2):  # a lost reply is asked for again; a repeat is answered, not rerun
+                    resp = self._call(client, fwd, 2.0)
+                    if resp is not None:
+                        break
             if resp is None or not resp.accepted:
                 why = "no answer" if resp is None else resp.reason
                 self._result_pub.publish(task_result_for(
