@@ -46,7 +46,6 @@ from .schemas import (
     ExecutionReport,
     ExecutionState,
     FieldIssue,
-    Target,
     TaskRequest,
     TaskResult,
     utc_now,

@@ -286,7 +286,6 @@ def test_tasks_flow_from_request_to_one_terminal_result(tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
 
     domain = random.randint(100, 230)
-    cat = make_catalog(tmp_path)
     dep = Deployment(preset="factory", num_edge_servers=2, gateway={"policy": "greedy"},
                      edge_server={"execution": "generative"})  # the shipped zoo: real models run
     plant = draw_plant(dep)

@@ -388,7 +388,7 @@ def write_report(results: dict, out: Path) -> None:
     results["convergence_summary"] = cs
     if cs:
         fr, ce = cs["final_reward"], cs["converged_episode"]
-        L.append(f"Fig. 3 (paper: AMARL converges fastest and to the highest reward; no number given): converged "
+        L.append("Fig. 3 (paper: AMARL converges fastest and to the highest reward; no number given): converged "
                  "training reward (last 10%, smoothed) " + ", ".join(f"{labels[k]} {_fmt(v)}" for k, v in fr.items())
                  + "; episode at which the smoothed curve covers 90% of its rise: "
                  + ", ".join(f"{labels[k]} {v if v is not None else 'never'}" for k, v in ce.items()) + ".\n")
