@@ -45,6 +45,19 @@ STATUS_TOPIC = "/aigc/edge_status"  # EdgeServerStatus, edge servers -> gateway 
 # History kept on the task topics (reliable, keep-last): a gateway lagging by 4 s at 500 requests/s
 # still gets every request (depth 100 lost requests under load in bench e2e).
 TASK_QUEUE_DEPTH = 2000
+
+
+def task_stream_qos():
+    """QoS of the per-task streams (requests, decisions, terminal results): reliable, keep-last
+    ``TASK_QUEUE_DEPTH``, transient-local. Every publisher of ``REQUEST_TOPIC``, ``DECISION_TOPIC`` and
+    ``RESULT_TOPIC`` offers it, so an observer that joins late (the factory job's monitor, an MCAP
+    recorder, ``ros2 topic echo --qos-durability transient_local``) and subscribes with it receives the
+    tasks published before discovery matched it; the gateway and the ingresses subscribe volatile
+    and never get old tasks replayed after a restart."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=TASK_QUEUE_DEPTH,
+                      reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 CLOUD_NODE = "cloud_model_server"
 GATEWAY_NODE = "edge_gateway"
 

@@ -36,7 +36,7 @@ from aigc_offload_interfaces.msg import Decision, EdgeServerStatus, TaskRequest,
 from aigc_offload_interfaces.srv import SubmitTask
 
 from .lifecycle_main import Autostart, run_node, settle_heap
-from .deployment import (TASK_QUEUE_DEPTH, CLOUD_NODE, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC,
+from .deployment import (TASK_QUEUE_DEPTH, task_stream_qos, CLOUD_NODE, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC,
                          STATUS_TOPIC, Deployment, draw_plant)
 from .gateway_core import TARGET_CLOUD, TARGET_EDGE, GatewayCore, Request, RequestError, Terminal
 from .hot_path import HotPath
@@ -272,8 +272,8 @@ class EdgeGateway(Autostart, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._decision_pub = self.create_lifecycle_publisher(Decision, DECISION_TOPIC, TASK_QUEUE_DEPTH)
-        self._result_pub = self.create_lifecycle_publisher(TaskResult, RESULT_TOPIC, TASK_QUEUE_DEPTH)
+        self._decision_pub = self.create_lifecycle_publisher(Decision, DECISION_TOPIC, task_stream_qos())
+        self._result_pub = self.create_lifecycle_publisher(TaskResult, RESULT_TOPIC, task_stream_qos())
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         # Requests (decided in arrival order, one at a time) and execution results: per-task traffic,
         # served by the hot path's thread (hot_path.py: rclpy's executor cost ~0.3 ms per message).

@@ -179,7 +179,8 @@ def _watch(run: PlantRun, duration_s, max_tasks, record, report_path, out, progr
     from aigc_offload_interfaces.msg import Decision, EdgeServerStatus, TaskRequest, TaskResult
     from diagnostic_msgs.msg import DiagnosticArray
 
-    from .deployment import DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC, STATUS_TOPIC
+    from .deployment import (DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC, STATUS_TOPIC,
+                             task_stream_qos)
     from .factory_report import RunMonitor, format_report
     from .recorder import McapRecorder
 
@@ -195,13 +196,17 @@ def _watch(run: PlantRun, duration_s, max_tasks, record, report_path, out, progr
            for s in (signal.SIGINT, signal.SIGTERM)}
     rc = 0
     try:
-        node.create_subscription(TaskRequest, REQUEST_TOPIC, monitor.on_request, 1000)
-        node.create_subscription(Decision, DECISION_TOPIC, monitor.on_decision, 1000)
-        node.create_subscription(TaskResult, RESULT_TOPIC, monitor.on_result, 1000)
+        # Transient-local: the controllers' first requests cross ROS as soon as the ingress connects,
+        # which on a loaded machine can be before discovery has matched this node to the ingress;
+        # the publishers keep them for a late joiner (a result for a request never seen was the symptom).
+        task_qos = {t: task_stream_qos() for t in (REQUEST_TOPIC, DECISION_TOPIC, RESULT_TOPIC)}
+        node.create_subscription(TaskRequest, REQUEST_TOPIC, monitor.on_request, task_qos[REQUEST_TOPIC])
+        node.create_subscription(Decision, DECISION_TOPIC, monitor.on_decision, task_qos[DECISION_TOPIC])
+        node.create_subscription(TaskResult, RESULT_TOPIC, monitor.on_result, task_qos[RESULT_TOPIC])
         if record is not None:
             recorder = McapRecorder(node, record, {
                 REQUEST_TOPIC: TaskRequest, DECISION_TOPIC: Decision, EXECUTION_RESULT_TOPIC: TaskResult,
-                RESULT_TOPIC: TaskResult, STATUS_TOPIC: EdgeServerStatus, "/diagnostics": DiagnosticArray})
+                RESULT_TOPIC: TaskResult, STATUS_TOPIC: EdgeServerStatus, "/diagnostics": DiagnosticArray}, qos=task_qos)
         ready = GatewayReadiness(node, len(plant.edges))
         ingress = IngressReadiness(node, len(run.ctrl)) if run.ctrl else None
         threading.Thread(target=ex.spin, daemon=True).start()  # after every entity is created

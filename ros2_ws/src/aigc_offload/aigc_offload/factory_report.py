@@ -44,6 +44,7 @@ class RunMonitor:
 
     records: dict[str, TaskRecord] = field(default_factory=dict)
     unknown_results: int = 0
+    unknown_result_ids: list[str] = field(default_factory=list)  # the first few, for the report
     lock: threading.Lock = field(default_factory=threading.Lock)
     started_at_s: float = field(default_factory=time.time)
 
@@ -64,6 +65,8 @@ class RunMonitor:
             r = self.records.get(msg.task_id)
             if r is None:
                 self.unknown_results += 1
+                if len(self.unknown_result_ids) < 10:
+                    self.unknown_result_ids.append(msg.task_id)
                 return
             r.results += 1
             if r.state is None:
@@ -112,9 +115,9 @@ class RunMonitor:
     def report(self) -> dict:
         with self.lock:
             rs = list(self.records.values())
-            unknown = self.unknown_results
+            unknown, unknown_ids = self.unknown_results, list(self.unknown_result_ids)
         out = {"overall": self._summary(rs), "wall_s": time.time() - self.started_at_s,
-               "results_for_unknown_tasks": unknown}
+               "results_for_unknown_tasks": unknown, "unknown_task_ids": unknown_ids}
         for kind in sorted({r.device_kind for r in rs}):
             out[kind] = self._summary([r for r in rs if r.device_kind == kind])
         return out

@@ -73,7 +73,7 @@ class TracePlayer:
     def __init__(self, node, plant, device_cpu_ghz: np.ndarray, run_id: str | None = None):
         from aigc_offload_interfaces.msg import Decision, TaskRequest, TaskResult
 
-        from .deployment import DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
+        from .deployment import DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC, task_stream_qos
 
         self.node, self.plant = node, plant
         self.cpu_hz = np.asarray(device_cpu_ghz, dtype=float) * 1e9
@@ -81,7 +81,7 @@ class TracePlayer:
         self.tasks: dict[str, TraceTask] = {}
         self.measured: dict[str, Measured] = {}
         self.lock = threading.Lock()
-        self.req_pub = node.create_publisher(TaskRequest, REQUEST_TOPIC, 1000)
+        self.req_pub = node.create_publisher(TaskRequest, REQUEST_TOPIC, task_stream_qos())
         self.exec_pub = node.create_publisher(TaskResult, EXECUTION_RESULT_TOPIC, 1000)
         node.create_subscription(Decision, DECISION_TOPIC, self._on_decision, 1000)
         node.create_subscription(TaskResult, RESULT_TOPIC, self._on_result, 1000)

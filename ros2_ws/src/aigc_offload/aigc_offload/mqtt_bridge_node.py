@@ -64,7 +64,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from aigc_offload_interfaces.msg import Decision, TaskRequest, TaskResult
 
 from .lifecycle_main import Autostart, run_node, settle_heap
-from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
+from .deployment import TASK_QUEUE_DEPTH, task_stream_qos, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
 from .hot_path import HotPath
 from .messages import from_time, origin_filter, result_msg, to_time
 
@@ -235,7 +235,7 @@ class MqttBridgeNode(Autostart, LifecycleNode):
             if reason is not None:
                 self.get_logger().error(f"Cannot activate: {reason}")
                 return TransitionCallbackReturn.FAILURE
-        self._req_pub = self.create_lifecycle_publisher(TaskRequest, REQUEST_TOPIC, TASK_QUEUE_DEPTH)
+        self._req_pub = self.create_lifecycle_publisher(TaskRequest, REQUEST_TOPIC, task_stream_qos())
         self._exec_pub = self.create_lifecycle_publisher(TaskResult, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
         # decisions and results: per-task traffic, served by the hot path's thread (hot_path.py)
         self._hot = HotPath(self)

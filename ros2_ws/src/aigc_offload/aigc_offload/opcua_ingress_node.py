@@ -68,7 +68,7 @@ from aigc_offload_interfaces.msg import TaskRequest as TaskRequestMsg
 from aigc_offload_interfaces.msg import TaskResult as TaskResultMsg
 
 from .lifecycle_main import Autostart, run_node, settle_heap
-from .deployment import TASK_QUEUE_DEPTH, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
+from .deployment import TASK_QUEUE_DEPTH, task_stream_qos, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
 from .hot_path import HotPath
 from .messages import from_time, origin_filter, to_time
 
@@ -269,7 +269,7 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         from opcua_devices.ingress import IngressSettings, OpcuaIngress
 
-        self._req_pub = self.create_lifecycle_publisher(TaskRequestMsg, REQUEST_TOPIC, TASK_QUEUE_DEPTH)
+        self._req_pub = self.create_lifecycle_publisher(TaskRequestMsg, REQUEST_TOPIC, task_stream_qos())
         self._exec_pub = self.create_lifecycle_publisher(TaskResultMsg, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         settings = IngressSettings(backoff_min_s=float(self._p("backoff_min_s")),

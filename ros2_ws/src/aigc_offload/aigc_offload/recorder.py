@@ -68,7 +68,7 @@ def ros2msg_schema(type_name: str) -> str:
 class McapRecorder:
     """Subscribe to topics (serialized) and write them to an MCAP file; thread-safe."""
 
-    def __init__(self, node, path: str | Path, topics: dict[str, type]):
+    def __init__(self, node, path: str | Path, topics: dict[str, type], qos: dict | None = None):
         from mcap.writer import CompressionType, Writer
 
         self.path = Path(path)
@@ -87,7 +87,8 @@ class McapRecorder:
             channel_id = self._writer.register_channel(topic=topic, message_encoding="cdr", schema_id=schema_id)
             self.counts[topic] = 0
             self._subs.append(node.create_subscription(
-                msg_type, topic, lambda data, c=channel_id, t=topic: self._write(c, t, data), 1000, raw=True))
+                msg_type, topic, lambda data, c=channel_id, t=topic: self._write(c, t, data), (qos or {}).get(topic, 1000),
+                raw=True))
 
     def _write(self, channel_id: int, topic: str, data: bytes) -> None:
         now = time.time_ns()

@@ -194,7 +194,7 @@ def probe(plant, count: int, timeout_s: float, deadline_s: float | None = None) 
 
     from aigc_offload_interfaces.msg import Decision, TaskRequest, TaskResult
 
-    from .deployment import DECISION_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
+    from .deployment import DECISION_TOPIC, REQUEST_TOPIC, RESULT_TOPIC, task_stream_qos
     from .messages import to_time
 
     rclpy.init()
@@ -213,7 +213,7 @@ def probe(plant, count: int, timeout_s: float, deadline_s: float | None = None) 
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     node.create_subscription(Decision, DECISION_TOPIC, lambda m: decisions.setdefault(m.task_id, time.time()), 100)
     node.create_subscription(TaskResult, RESULT_TOPIC, lambda m: results.setdefault(m.task_id, (time.time(), m)), 100)
-    pub = node.create_publisher(TaskRequest, REQUEST_TOPIC, 100)
+    pub = node.create_publisher(TaskRequest, REQUEST_TOPIC, task_stream_qos())
     try:
         end = time.monotonic() + timeout_s
         while not alive["ok"] and time.monotonic() < end:
