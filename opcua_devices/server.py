@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import heapq
 import itertools
 import json
 import logging
@@ -157,6 +158,9 @@ class DeviceServer:
         self._boot = uuid.uuid4().hex[:6]  # task ids stay unique across restarts of the device
         self._seq = 0
         self._tasks: dict[str, _Task] = {}  # open tasks (no result yet)
+        # (deadline as POSIX s, task id) of open tasks, earliest first: the sweeper looks only at the
+        # overdue ones (scanning every open task 4 times a second took 7% of a device's CPU at 500/s)
+        self._deadlines: list[tuple[float, str]] = []
         # PendingRequests / PendingExecutions kept incrementally: each entry's JSON is made once
         # (re-serialising every open task on every change made a request O(open tasks)).
         self._pending_json: OrderedDict[str, str] = OrderedDict()  # undecided open tasks, request order
@@ -372,6 +376,7 @@ class DeviceServer:
             self._seq -= 1
             raise _validation_error(exc, _REQUEST_FIELD_ARG, m.REQUEST_TASK_INPUTS, "RequestTask") from None
         self._tasks[task_id] = _Task(req, asyncio.get_running_loop().time())
+        heapq.heappush(self._deadlines, (req.deadline_at().timestamp(), task_id))
         self._pending_json[task_id] = req.model_dump_json(exclude_none=True)
         self.requested.append(req)
         await self._bump("TasksRequested")
@@ -528,24 +533,31 @@ class DeviceServer:
         """Gives every remote or undecided task a terminal state once its deadline plus grace is over."""
         while True:
             await asyncio.sleep(period_s)
-            now = datetime.now(timezone.utc)
-            for task in list(self._tasks.values()):
+            now = datetime.now(timezone.utc).timestamp()
+            later: list[tuple[float, str]] = []
+            while self._deadlines and now - self._deadlines[0][0] > self.result_grace_s:
+                entry = heapq.heappop(self._deadlines)
+                task = self._tasks.get(entry[1])
+                if task is None:
+                    continue  # finished meanwhile
                 if task.local in ("queued", "running") and task.decision is not None \
                         and task.decision.target == Target.device:
-                    continue  # the device's own run is still to come; it reports, then this sweeps
-                overdue = (now - task.request.deadline_at()).total_seconds()
-                if overdue > self.result_grace_s:
-                    what = "decision" if task.decision is None else "result"
-                    try:
-                        if task.execution is not None and task.execution.part == m.PART_WHOLE:
-                            # No gateway answered, but the device ran the whole task: its run's outcome.
-                            await self._finish(task, task.execution.result)
-                            continue
-                        await self._finish(task, self._own_result(
-                            task, TerminalState.deadline_missed,
-                            f"no {what} reached the device within {self.result_grace_s:g} s after the deadline"))
-                    except Exception:  # noqa: BLE001
-                        log.exception("device %s: sweeper error", self.device_id)
+                    later.append(entry)  # the device's own run is still to come; it reports, then this sweeps
+                    continue
+                what = "decision" if task.decision is None else "result"
+                try:
+                    if task.execution is not None and task.execution.part == m.PART_WHOLE:
+                        # No gateway answered, but the device ran the whole task: its run's outcome.
+                        await self._finish(task, task.execution.result)
+                        continue
+                    await self._finish(task, self._own_result(
+                        task, TerminalState.deadline_missed,
+                        f"no {what} reached the device within {self.result_grace_s:g} s after the deadline"))
+                except Exception:  # noqa: BLE001
+                    log.exception("device %s: sweeper error", self.device_id)
+                    later.append(entry)  # tried again at the next sweep, as before
+            for entry in later:
+                heapq.heappush(self._deadlines, entry)
 
     async def _generate(self, planned: Iterable[PlannedTask]) -> None:
         """Requests the planned tasks at their arrival times (scaled by ``time_scale``)."""

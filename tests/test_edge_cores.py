@@ -1010,3 +1010,23 @@ def test_params_file_text_has_no_aliases_and_round_trips(plant2):
     assert re.search(r"(^|[\s:\[,-])[&*][A-Za-z0-9_]+", text, flags=re.M) is None
     assert yaml.safe_load(text) == expected
     assert list(yaml.safe_load(text)) == ["cloud_model_server", "edge0", "edge1", "edge_gateway"]
+
+
+def test_throttled_log_emits_once_per_period_and_counts_what_it_left_out():
+    from aigc_offload.log_throttle import ThrottledLog
+
+    now = [100.0]
+    lines: list[str] = []
+    log = ThrottledLog(lines.append, 5.0, clock=lambda: now[0])
+    assert log("a") is True
+    for _ in range(7):
+        now[0] += 0.5
+        assert log("b") is False
+    assert lines == ["a"] and log.suppressed == 7
+    now[0] = 105.0  # exactly one period after the first line
+    assert log("c") is True
+    assert lines[-1] == "c (7 more like this in the last 5 s not logged)" and log.suppressed == 0
+    now[0] += 10.0
+    assert log("d") is True and lines[-1] == "d"
+    with pytest.raises(ValueError):
+        ThrottledLog(lines.append, 0.0)

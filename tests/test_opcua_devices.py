@@ -19,7 +19,7 @@ import pytest
 
 from asyncua import Client, ua
 
-from mqtt_bridge.schemas import Decision, TaskRequest, TaskResult
+from mqtt_bridge.schemas import Decision, TaskRequest, TaskResult, TerminalState
 from opcua_devices import model as m
 from opcua_devices.executor import CostModelExecutor
 from opcua_devices.ingress import DeliveryRefused, IngressSettings, OpcuaIngress, request_task_call
@@ -535,4 +535,29 @@ def test_trace_replay_in_order_and_anonymous_opt_in(loop, pki, tmp_path):
         assert loop.run(anonymous()) == len(planned)  # the lab opt-in lets anonymous sessions in
     finally:
         ing.stop()
+        loop.run(dev.stop())
+
+
+def test_tasks_nobody_answers_end_at_deadline_plus_grace_in_deadline_order(loop, pki):
+    """No gateway: each task ends as deadline_missed once its deadline plus ``result_grace_s`` has
+    passed, not before, whatever order the tasks were requested in."""
+    finished: dict[str, tuple[float, object]] = {}
+    url = f"opc.tcp://127.0.0.1:{free_port()}/aigc/"
+    dev = DeviceServer("plc01", "controller", url, server_security(pki, "plc01"), result_grace_s=0.2,
+                       on_finished=lambda r: finished.setdefault(r.task_id, (time.monotonic(), r)))
+    loop.run(dev.start())
+    try:
+        t0 = time.monotonic()
+        deadlines = {}
+        for deadline_s in (1.5, 0.3, 0.9):
+            tid = loop.run(dev.request_task("report", "report-s", 8_000, 64, deadline_s))
+            deadlines[tid] = deadline_s
+        wait_for(lambda: len(finished) == 3, 10.0, "three terminal results")
+        order = sorted(finished, key=lambda t: finished[t][0])
+        assert order == sorted(deadlines, key=deadlines.get)
+        for tid, (at, res) in finished.items():
+            assert res.state == TerminalState.deadline_missed and "no decision reached the device" in res.reason
+            # not before deadline + grace; within a few sweeps (0.25 s each) after it
+            assert deadlines[tid] + 0.2 <= at - t0 + 0.05 < deadlines[tid] + 0.2 + 3.0, (tid, at - t0)
+    finally:
         loop.run(dev.stop())

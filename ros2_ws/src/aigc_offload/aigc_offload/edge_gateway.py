@@ -40,6 +40,7 @@ from .deployment import (TASK_QUEUE_DEPTH, task_stream_qos, CLOUD_NODE, DECISION
                          STATUS_TOPIC, Deployment, draw_plant)
 from .gateway_core import TARGET_CLOUD, TARGET_EDGE, GatewayCore, Request, RequestError, Terminal
 from .hot_path import HotPath
+from .log_throttle import ThrottledLog
 from .messages import TASK_SERVICE_QOS, from_time, result_msg, task_units, to_time
 
 
@@ -219,6 +220,8 @@ class EdgeGateway(Autostart, LifecycleNode):
                               ("cloud_node", CLOUD_NODE), ("autostart", False)):
             self.declare_parameter(name, default)
         self.core: GatewayCore | None = None
+        # a dead edge server fails every task sent to it: one line per 5 s, with the count left out
+        self._warn_hand_off = ThrottledLog(lambda text: self.get_logger().warning(text), 5.0)
         self._io = ReentrantCallbackGroup()
         self._handles: list = []
         self._active_timers: list = []
@@ -384,8 +387,7 @@ class EdgeGateway(Autostart, LifecycleNode):
         core = self.core
         if core is None:
             return
-        # visible in the log (at most every 5 s: a dead edge server fails every task sent to it)
-        self.get_logger().warning(f"Hand-off of task '{task_id}' failed: {reason}", throttle_duration_sec=5.0)
+        self._warn_hand_off(f"Hand-off of task '{task_id}' failed: {reason}")
         term = core.fail(task_id, TaskResult.FAILED, reason)
         if term is not None:
             self._publish_terminal(term)

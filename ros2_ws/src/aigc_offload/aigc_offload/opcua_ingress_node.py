@@ -70,6 +70,7 @@ from aigc_offload_interfaces.msg import TaskResult as TaskResultMsg
 from .lifecycle_main import Autostart, run_node, settle_heap
 from .deployment import TASK_QUEUE_DEPTH, task_stream_qos, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC
 from .hot_path import HotPath
+from .log_throttle import ThrottledLog
 from .messages import from_time, origin_filter, to_time
 
 NODE_NAME = "opcua_ingress"
@@ -180,6 +181,8 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
+        # an overloaded ingress forgets tasks at the request rate: one line per 5 s with the count
+        self._warn_evicted = ThrottledLog(lambda text: self.get_logger().warning(text), 5.0)
         self.declare_parameter("endpoints", [""], ParameterDescriptor(
             type=ParameterType.PARAMETER_STRING_ARRAY, description="device server URLs (opc.tcp://host:port/aigc/)"))
         for name, default, doc in (
@@ -334,14 +337,16 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
     # -- task memory ----------------------------------------------------------------------------
     def _remember(self, task_id: str, device_id: str, origin: str, deadline_at_s: float) -> None:
         limit = int(self._p("max_tracked_tasks"))
+        evicted = []
         with self._lock:
             self._known[task_id] = _Known(device_id, origin, deadline_at_s + float(self._p("forget_after_s")))
             self._known.move_to_end(task_id)
             while len(self._known) > limit:
-                old, _ = self._known.popitem(last=False)
+                evicted.append(self._known.popitem(last=False)[0])
                 self.counters["evicted"] += 1
-                self.get_logger().warning(f"Task memory full ({limit}): forgot task '{old}' (its decision can no "
-                                          "longer be routed).")
+        if evicted:
+            self._warn_evicted(f"Task memory full ({limit}): forgot task '{evicted[0]}' (its decision can no "
+                               "longer be routed; counted as 'evicted' in /diagnostics).")
 
     def _forget_expired(self) -> None:
         now = time.time()
