@@ -32,7 +32,7 @@ import logging
 import signal
 import sys
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -69,6 +69,7 @@ _DECISION_FIELD_ARG = {"task_id": 0, "target": 1, "edge_server": 2, "offload_sha
 _RESULT_FIELD_ARG = {"task_id": 0, "state": 1, "reason": 2, "executed_on": 3, "latency_s": 4, "output_bits": 5,
                      "output_uri": 6, "finished_at": 7}
 
+REQUESTED_KEEP = 10_000  # requests kept in DeviceServer.requested
 FINISHED_KEEP = 2000  # finished tasks remembered for idempotent re-deliveries
 PENDING_LIST_MAX = 1000  # at most this many requests listed in PendingRequests
 
@@ -169,7 +170,8 @@ class DeviceServer:
         self._local_queue: asyncio.Queue[str] = asyncio.Queue()
         self._local_count = 0
         self.counters = {"TasksRequested": 0, "TasksDone": 0, "TasksFailed": 0, "RequestsRefused": 0}
-        self.requested: list[TaskRequest] = []  # every request this run (tests, replay checks)
+        # the latest requests (tests, replay checks); bounded: a device runs for weeks
+        self.requested: deque[TaskRequest] = deque(maxlen=REQUESTED_KEEP)
         self._server: Server | None = None
         self._vars: dict[str, Any] = {}
         self._bg: list[asyncio.Task] = []
