@@ -433,3 +433,85 @@ def test_cache_miss_downloads_verifies_runs_and_a_corrupted_download_is_refused(
     assert all(rc == 0 for rc, _log in out), tails
     assert "Traceback" not in logs, tails  # a clean shutdown, also of the edge server's I/O thread
     assert logs.count("Download of report-m failed") >= 3 and "the download was discarded" in logs, tails
+
+
+# -- forwarding: a miss goes to the peer that holds the model; a forward that cannot land fails the task
+def test_forward_to_a_peer_lands_and_a_forward_to_a_vanished_peer_fails_the_task(tmp_path):
+    """edge0 holds no model and may not download; this process plays its peer edge1 (status with
+    report-s cached, and a SubmitTask service). A task for report-s is forwarded to edge1 with one
+    more hop; once edge1's service is gone, the next forward fails the task with a result saying
+    where it could not go (edge0's forwarder thread: hand_off.HandOffScheduler)."""
+    from aigc_offload.deployment import EXECUTION_RESULT_TOPIC, STATUS_TOPIC
+    from aigc_offload.messages import to_time
+    from aigc_offload_interfaces.msg import Decision, EdgeServerStatus, TaskResult
+    from aigc_offload_interfaces.srv import SubmitTask
+
+    domain = random.randint(100, 230)
+    cat = make_catalog(tmp_path)
+    procs = [start_node("cloud_model_server", "cloud_model_server", {"catalog_dir": str(cat), "autostart": True},
+                        domain, tmp_path),
+             start_node("edge_server", "edge0", {"server_id": "edge0", "cpu_ghz": 20.0, "storage_mb": 400.0,
+                                                 "initial_models": [""], "cache_dir": str(tmp_path / "cache"),
+                                                 "forwarding": True, "peers": ["edge1"], "autostart": True},
+                        domain, tmp_path)]
+    ros = RosHarness(domain)
+    results: dict[str, list[TaskResult]] = {}
+    forwarded: list[SubmitTask.Request] = []
+    try:
+        ros.node.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC,
+                                     lambda m: results.setdefault(m.task_id, []).append(m), 100)
+        status_pub = ros.node.create_publisher(EdgeServerStatus, STATUS_TOPIC, 10)
+
+        def peer_status() -> None:
+            status_pub.publish(EdgeServerStatus(server_id="edge1", server_index=1, stamp=to_time(time.time()),
+                                                backlog_s=0.0, cached_models=["report-s"], cpu_hz=40e9))
+
+        ros.node.create_timer(0.2, peer_status)
+
+        def on_forward(request, response):
+            forwarded.append(request)
+            response.accepted, response.action = True, "queue"
+            return response
+
+        peer_srv = ros.node.create_service(SubmitTask, "/edge1/submit_task", on_forward)
+        submit = ros.node.create_client(SubmitTask, "/edge0/submit_task")
+        assert submit.wait_for_service(timeout_sec=45.0), "edge0 never served submit_task"
+
+        def hand(model: str) -> tuple:
+            req = request_msg("plc01", model, deadline_s=10.0)
+            dec = Decision(task_id=req.task_id, target_kind=Decision.TARGET_EDGE, target_index=0, target_id="edge0",
+                           offload_share=1.0, download_model=False, model_name=model)
+            return req.task_id, ros.call(submit, SubmitTask.Request(task=req, decision=dec), 30.0)
+
+        # edge0 must have heard edge1's status before it can choose it
+        end = time.monotonic() + 20.0
+        while True:
+            tid, ack = hand("report-s")
+            if ack.action.startswith("forward:") or time.monotonic() > end:
+                break
+            time.sleep(0.3)
+        assert ack.accepted and ack.action == "forward:edge1", ack
+        end = time.monotonic() + 10.0
+        while not any(f.task.task_id == tid for f in forwarded) and time.monotonic() < end:
+            time.sleep(0.02)
+        got = [f for f in forwarded if f.task.task_id == tid]
+        assert len(got) == 1 and got[0].hops == 1, forwarded
+        time.sleep(1.0)
+        assert tid not in results, results.get(tid)  # landed: edge1 reports the run, not edge0
+
+        ros.node.destroy_service(peer_srv)
+        tid2, ack2 = hand("report-s")
+        assert ack2.accepted and ack2.action == "forward:edge1"
+        end = time.monotonic() + 15.0
+        while tid2 not in results and time.monotonic() < end:
+            time.sleep(0.05)
+        assert tid2 in results, "a forward that could not land left no result"
+        (res,) = results[tid2]
+        assert res.state == TaskResult.FAILED and res.executed_on == "edge:edge0"
+        assert "edge0 could not hand the task to edge1" in res.reason, res.reason
+    finally:
+        ros.close()
+        out = stop_nodes(procs)
+    tails = "\n".join(log[-2500:] for _rc, log in out)
+    assert all(rc == 0 for rc, _log in out), tails
+    assert "Traceback" not in "\n".join(log for _rc, log in out), tails

@@ -17,7 +17,7 @@ pytest.importorskip("aigc_offload.edge_gateway", reason="pip install -e ros2_ws/
 
 from rclpy.task import Future  # noqa: E402
 
-from aigc_offload.edge_gateway import HandOffScheduler  # noqa: E402
+from aigc_offload.hand_off import HandOffScheduler  # noqa: E402
 
 
 class FakeClient:
@@ -175,3 +175,19 @@ def test_stop_ends_the_thread():
     sched.schedule(10.0, req("never"), "edge0")
     sched.stop()
     assert not sched._thread.is_alive()
+
+
+def test_acknowledged_is_called_once_per_accepted_hand_off_and_never_for_a_failed_one():
+    clients = {"ok": FakeClient("ok"), "no": FakeClient("no", answer="refuse"), "mute": FakeClient("mute", answer=None)}
+    landed: list[str] = []
+    failed: list[str] = []
+    sched = HandOffScheduler(clients.get, lambda t, _r: failed.append(t), timeout_s=0.2,
+                             acknowledged=landed.append)
+    try:
+        for i, target in enumerate(["ok", "no", "mute", "ok", "gone"]):
+            sched.schedule(0.0, req(f"t{i}"), target)
+        assert wait_until(lambda: len(landed) + len(failed) == 5)
+        time.sleep(0.3)
+        assert sorted(landed) == ["t0", "t3"] and sorted(failed) == ["t1", "t2", "t4"]
+    finally:
+        sched.stop()

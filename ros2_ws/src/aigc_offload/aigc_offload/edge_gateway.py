@@ -18,14 +18,9 @@ request is answered at once with a REJECTED result whose reason says why.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import os
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -39,6 +34,7 @@ from .lifecycle_main import Autostart, run_node, settle_heap
 from .deployment import (TASK_QUEUE_DEPTH, task_stream_qos, CLOUD_NODE, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC,
                          STATUS_TOPIC, Deployment, draw_plant)
 from .gateway_core import TARGET_CLOUD, TARGET_EDGE, GatewayCore, Request, RequestError, Terminal
+from .hand_off import HandOffScheduler
 from .hot_path import HotPath
 from .log_throttle import ThrottledLog
 from .messages import TASK_SERVICE_QOS, from_time, result_msg, task_units, to_time
@@ -89,126 +85,6 @@ def load_gateway_policy(spec: str, sim):
         raise PolicyLoadError(f"policy '{spec}' needs the simulator's true state (an oracle); a deployed gateway "
                               "cannot run it")
     return policy
-
-
-@dataclass(order=True)
-class _HandOff:
-    due_s: float  # wall-clock time the upload of the offloaded share ends (heap key)
-    seq: int
-    first_due_s: float = field(compare=False)
-    request: Any = field(compare=False)  # SubmitTask.Request
-    target_id: str = field(compare=False)
-    future: Any = field(compare=False, default=None)
-    timeout_at_s: float = field(compare=False, default=0.0)
-    attempts: int = field(compare=False, default=0)  # SubmitTask calls sent so far
-
-
-class HandOffScheduler:
-    """Sends each offloaded share (``SubmitTask``) when its modeled upload ends, from one thread.
-
-    One thread for every hand-off instead of a ``threading.Timer`` per task, which cost a thread
-    start and a blocked thread per request at hundreds of requests per second. A hand-off whose
-    target has no service yet is retried every 50 ms until ``timeout_s`` after it was due; a sent
-    one that is not acknowledged within ``timeout_s`` is cancelled and sent again, up to
-    ``attempts`` calls in all. Why again: DDS can drop a reply whose reader the server has not
-    matched yet (Fast DDS "failed to send response"), and the servers answer a repeated hand-off
-    of a task with their first acknowledgement without running it twice (``edge_core.RecentAcks``).
-    ``fail(task_id, reason)`` is called once for every hand-off that did not land (refused,
-    unreachable, unknown, silent); the acknowledgements arrive on the thread that completes the
-    futures (the gateway's hot path).
-    """
-
-    RETRY_S = 0.05
-
-    def __init__(self, client_for: Callable[[str], Any], fail: Callable[[str, str], None], timeout_s: float,
-                 attempts: int = 2):
-        if attempts < 1:
-            raise ValueError(f"attempts must be at least 1, got {attempts}")
-        self._client_for, self._fail, self.timeout_s, self.attempts = client_for, fail, timeout_s, attempts
-        self._due: list[_HandOff] = []
-        self._sent: dict[int, _HandOff] = {}  # seq -> hand-off awaiting its acknowledgement
-        self._seq = itertools.count()
-        self._cv = threading.Condition()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="hand-offs", daemon=True)
-        self._thread.start()
-
-    def schedule(self, delay_s: float, request: Any, target_id: str) -> None:
-        due = time.time() + max(delay_s, 0.0)
-        with self._cv:
-            heapq.heappush(self._due, _HandOff(due, next(self._seq), due, request, target_id))
-            self._cv.notify()
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopped = True
-            self._cv.notify()
-        self._thread.join(timeout=2.0)
-
-    def pending(self) -> int:
-        with self._cv:
-            return len(self._due) + len(self._sent)
-
-    def _run(self) -> None:
-        while True:
-            failed: list[tuple[_HandOff, str]] = []
-            ready: list[_HandOff] = []
-            with self._cv:
-                if self._stopped:
-                    return
-                now = time.time()
-                while self._due and self._due[0].due_s <= now:
-                    ready.append(heapq.heappop(self._due))
-                for seq, h in list(self._sent.items()):
-                    if h.timeout_at_s <= now:
-                        del self._sent[seq]
-                        h.future.cancel()
-                        if h.attempts < self.attempts:
-                            ready.append(h)  # sent again below, as it is
-                        else:
-                            failed.append((h, f"{h.target_id} did not acknowledge the task within "
-                                              f"{self.timeout_s:g} s ({h.attempts} attempt(s))"))
-                if not ready and not failed:
-                    wake = min(([self._due[0].due_s] if self._due else []) +
-                               [h.timeout_at_s for h in self._sent.values()], default=now + 1.0)
-                    self._cv.wait(max(wake - now, 0.0))
-                    continue
-            for h in ready:
-                why = self._send(h, now)
-                if why:
-                    failed.append((h, why))
-            for h, why in failed:
-                self._fail(h.request.task.task_id, why)
-
-    def _send(self, h: _HandOff, now: float) -> str:
-        client = self._client_for(h.target_id)
-        if client is None:
-            return f"{h.target_id} is not a target of this gateway (no SubmitTask client)"
-        if not client.service_is_ready():
-            if now - h.first_due_s >= self.timeout_s:
-                return f"{h.target_id} is not reachable ({client.srv_name} has no server)"
-            with self._cv:
-                h.due_s = now + self.RETRY_S
-                heapq.heappush(self._due, h)
-            return ""
-        with self._cv:
-            h.timeout_at_s = now + self.timeout_s
-            h.attempts += 1
-            h.future = client.call_async(h.request)
-            self._sent[h.seq] = h
-        h.future.add_done_callback(lambda fut, h=h: self._acknowledged(h, fut))
-        return ""
-
-    def _acknowledged(self, h: _HandOff, fut) -> None:
-        with self._cv:
-            # an earlier attempt's future (cancelled or late) says nothing about the current one
-            if h.future is not fut or self._sent.pop(h.seq, None) is None:  # or timed out (and failed) already
-                return
-        if fut.cancelled():
-            return
-        resp = fut.result()
-        if resp is not None and not resp.accepted:
-            self._fail(h.request.task.task_id, f"{h.target_id} refused the task: {resp.reason}")
 
 
 class EdgeGateway(Autostart, LifecycleNode):

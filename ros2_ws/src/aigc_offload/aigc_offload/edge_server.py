@@ -46,6 +46,7 @@ from .lifecycle_main import Autostart, run_node, settle_heap
 from .cloud_model_server import ros_fetch_chunk
 from .deployment import TASK_QUEUE_DEPTH, CLOUD_NODE, EXECUTION_RESULT_TOPIC, STATUS_TOPIC
 from .edge_core import EdgeServerCore, EdgeTask, ModelCache, PeerStatus, RecentAcks
+from .hand_off import HandOffScheduler
 from .hot_path import HotPath
 from .messages import TASK_SERVICE_QOS, edge_task, from_time, model_work_table, task_result_for, to_time
 from .model_fetch import FetchError, download_model
@@ -114,6 +115,11 @@ class EdgeServer(Autostart, LifecycleNode):
             peer: self._io_node.create_client(SubmitTask, f"/{peer}/submit_task", qos_profile=TASK_SERVICE_QOS)
             for peer in dict.fromkeys(p for p in self.get_parameter("peers").value if p and p != self.server_id)}
         self._peer_lock = threading.Lock()
+        self._cloud_name = cloud
+        # forwards to a peer or the cloud, sent from one thread (hand_off.py); task id -> (task, where)
+        self._forwarder: HandOffScheduler | None = None
+        self._forwards: dict[str, tuple[EdgeTask, str]] = {}
+        self._forwards_lock = threading.Lock()
         self._io_executor = SingleThreadedExecutor(context=self.context)
         self._io_executor.add_node(self._io_node)
         self._io_thread = threading.Thread(target=self._spin_io, name=f"{self.server_id}-io", daemon=True)
@@ -201,6 +207,8 @@ class EdgeServer(Autostart, LifecycleNode):
                                      callback_group=self._io_group),
         ]
         self._status_timer = self.create_timer(period, self._publish_status, callback_group=self._io_group)
+        self._forwarder = HandOffScheduler(self._forward_client, self._forward_failed, timeout_s=2.0, attempts=2,
+                                           acknowledged=self._forward_landed, name=f"{self.server_id}-forwards")
         self._stop.clear()
         self._worker = threading.Thread(target=self._work_loop, name=f"{self.server_id}-worker", daemon=True)
         self._worker.start()
@@ -214,6 +222,11 @@ class EdgeServer(Autostart, LifecycleNode):
             self._hot.stop()
             self._hot = None
         self._stop.set()
+        if self._forwarder is not None:
+            self._forwarder.stop()
+            self._forwarder = None
+        with self._forwards_lock:
+            self._forwards.clear()
         if self.core is not None:
             with self.core.lock:
                 self.core.lock.notify_all()
@@ -350,37 +363,50 @@ class EdgeServer(Autostart, LifecycleNode):
             self._delete_models(core.download_finished(name, ok))
 
     def _hand_off(self, request, peer: str | None, task: EdgeTask) -> None:
-        """Forward to a peer (or the cloud) without blocking the service callback."""
+        """Forward to a peer (or the cloud) without blocking the service callback: the forwarder
+        thread sends it (once more if the acknowledgement is lost; the receiver answers a repeat
+        without running the task twice) and a forward that does not land fails the task."""
         if peer is None:
-            client = self._cloud_submit
-            where = "the cloud"
+            target, where = self._cloud_name, "the cloud"
         else:
             with self._peer_lock:  # a peer outside ``peers`` (rare): its client is made on first use
-                client = self._peer_clients.get(peer)
-                if client is None:
-                    client = self._io_node.create_client(SubmitTask, f"/{peer}/submit_task",
-                                                         qos_profile=TASK_SERVICE_QOS)
-                    self._peer_clients[peer] = client
-            where = peer
-        fwd = SubmitTask.Request(task=request.task, decision=request.decision, hops=int(request.hops) + 1)
+                if peer not in self._peer_clients:
+                    self._peer_clients[peer] = self._io_node.create_client(SubmitTask, f"/{peer}/submit_task",
+                                                                           qos_profile=TASK_SERVICE_QOS)
+            target, where = peer, peer
+        forwarder = self._forwarder
+        if forwarder is None:  # deactivated meanwhile
+            self._forward_failed_task(task, where, f"{self.server_id} is not active")
+            return
+        with self._forwards_lock:
+            self._forwards[task.task_id] = (task, where)
+        forwarder.schedule(0.0, SubmitTask.Request(task=request.task, decision=request.decision,
+                                                   hops=int(request.hops) + 1), target)
 
-        def send() -> None:
-            resp = None
-            if client.wait_for_service(timeout_sec=1.0):
-                for _attempt in range(2):  # a lost reply is asked for again; a repeat is answered, not rerun
-                    resp = self._call(client, fwd, 2.0)
-                    if resp is not None:
-                        break
-            if resp is None or not resp.accepted:
-                why = "no answer" if resp is None else resp.reason
-                self._result_pub.publish(task_result_for(
-                    task, TaskResult.FAILED, f"{self.server_id} could not hand the task to {where}: {why}",
-                    f"edge:{self.server_id}"))
-                with self.core.lock if self.core else threading.Lock():
-                    if self.core:
-                        self.core.counters["failed"] += 1
+    def _forward_client(self, target: str):
+        if target == self._cloud_name:
+            return self._cloud_submit
+        with self._peer_lock:
+            return self._peer_clients.get(target)
 
-        threading.Thread(target=send, daemon=True).start()
+    def _forward_landed(self, task_id: str) -> None:
+        with self._forwards_lock:
+            self._forwards.pop(task_id, None)
+
+    def _forward_failed(self, task_id: str, reason: str) -> None:
+        with self._forwards_lock:
+            entry = self._forwards.pop(task_id, None)
+        if entry is not None:
+            self._forward_failed_task(entry[0], entry[1], reason)
+
+    def _forward_failed_task(self, task: EdgeTask, where: str, reason: str) -> None:
+        self._result_pub.publish(task_result_for(
+            task, TaskResult.FAILED, f"{self.server_id} could not hand the task to {where}: {reason}",
+            f"edge:{self.server_id}"))
+        core = self.core
+        if core is not None:
+            with core.lock:
+                core.counters["failed"] += 1
 
     def _on_peer_status(self, msg: EdgeServerStatus) -> None:
         if self.core is not None and msg.server_id != self.server_id:
