@@ -177,7 +177,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dep = _factory_deployment(args)
         from aigc_offload.bench_e2e import cli as bench_e2e
 
-        return bench_e2e(args.rate, args.seconds, args.json, args.protocols, deployment=dep)
+        return bench_e2e(args.rate, args.seconds, args.json, args.protocols, deployment=dep,
+                         opcua_request=args.opcua_request)
     if args.what == "decision":
         from policies.runtime.bench import bench_decision, format_bench_decision
 
@@ -371,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=500.0, help="e2e: requests per second per protocol")
     p.add_argument("--seconds", type=float, default=10.0, help="e2e: measured seconds per protocol")
     p.add_argument("--protocols", default="mqtt,opcua", help="e2e: phases to measure (mqtt, opcua, or both)")
+    p.add_argument("--opcua-request", choices=["program", "method"], default="method",
+                   help="e2e: how the OPC UA device raises requests: its own program (as the factory's controllers "
+                        "do) or a PLC client calling its RequestTask method")
     p.add_argument("--config", help="e2e: deployment file (default: the package's config/factory.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="e2e: override a deployment field (dotted keys), e.g. execution_nice=0")

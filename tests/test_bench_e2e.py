@@ -27,12 +27,13 @@ def test_bench_e2e_json_short_run():
     env = dict(os.environ)
     env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
     proc = subprocess.run([*cmd, "bench", "e2e", "--rate", "50", "--seconds", "2", "--json",
-                           "--set", "execution_nice=3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                           "--set", "execution_nice=3", "--opcua-request", "program"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     print(json.dumps(res, indent=1))
     assert res["rate_per_s"] == 50
     assert res["setup"]["execution_nice"] == 3  # --set reached the deployment the graph ran with
+    assert res["setup"]["opcua_request"] == "program"  # the controller's own program raised the requests
     for proto in ("mqtt", "opcua"):
         assert {"p50_ms", "p99_ms", "sent", "answered"} <= set(res[proto]), res[proto]
         assert res[proto]["sent"] == 100
@@ -52,6 +53,8 @@ def test_bench_e2e_protocols_option_is_checked_and_a_skipped_phase_is_null():
     assert cli(500, 10, False, ",") == 2
     with pytest.raises(ValueError, match="subset of mqtt, opcua"):
         run(10, 1, protocols=("mqtt", "profinet"))
+    with pytest.raises(ValueError, match="opcua_request must be one of program, method"):
+        run(10, 1, opcua_request="modbus")
     floor = {"p50_ms": 0.4, "p99_ms": 1.0, "n": 300}
     phase = {"p50_ms": 2.0, "p99_ms": 8.0, "sent": 10, "answered": 10, "achieved_rate_per_s": 500.0}
     table = format_table({"rate_per_s": 500, "seconds": 10, "mqtt": phase, "opcua": None,

@@ -16,14 +16,16 @@ rate that is not counted), one protocol after the other so the gateway sees the 
   arrival at the device (paho's network thread, one clock).
 - OPC UA: the PLC client inside the device process launches a ``RequestTask`` call at each
   request's time; its time is from the call's start to the gateway's decision being delivered to
-  the device (``DeliverDecision`` handled), one clock.
+  the device (``DeliverDecision`` handled), one clock. With ``--opcua-request program`` the
+  device's own program raises each request instead (``DeviceServer.request_task``, as the
+  controllers of the factory job do): no client session and no call in the path.
 
 Floors, measured in the same run with the graph up and idle: a bare paho QoS 1 echo through the
 same broker (two clients of a second bridge account on topics the bridge node does not read) and
 a bare secure OPC UA method call (``opcua_devices.bench``: a no-op method on a server with the
 devices' security, in its own process).
 
-    aigc-offload bench e2e [--rate 500] [--seconds 10] [--json]
+    aigc-offload bench e2e [--rate 500] [--seconds 10] [--json] [--opcua-request method|program]
 
 Every process it starts is stopped when it ends, also on Ctrl-C or SIGTERM.
 """
@@ -51,6 +53,10 @@ from typing import Any
 #: during a run: the results that do flow are the tasks the servers really finished).
 MQTT_TASK = {"task_kind": "defect_image", "model_name": "defect-s", "input_bits": 6_000_000, "denoising_steps": 8}
 PROTOCOLS = ("mqtt", "opcua")
+#: how the OPC UA device raises its requests: its own program (``DeviceServer.request_task``, as the
+#: controllers of the factory job do) or a client calling its ``RequestTask`` method
+OPCUA_REQUEST = {"program": "program (DeviceServer.request_task)",
+                 "method": "RequestTask method, called by a PLC client over a secure session"}
 OPCUA_TASK = ("report", "report-s", 3_000_000, 96)
 DEADLINE_S = 30.0
 
@@ -143,16 +149,20 @@ async def _device_child(port: int, pki_dir: str, device_id: str, plc_client: str
                 print(json.dumps({"ok": ok}), flush=True)
             elif line[0] == "run":
                 rate, count, wait_s = float(line[1]), int(line[2]), float(line[3])
+                by_program = len(line) > 4 and line[4] == "program"
                 calls: list[list] = []
                 errors: dict[str, int] = {}
 
                 async def one() -> None:
                     t0 = time.perf_counter()
                     try:
-                        res = (await client.uaclient.call([call]))[0]
-                        tid = res.OutputArguments[0].Value if res.StatusCode.is_good() else ""
-                        if not tid:
-                            errors[str(res.StatusCode)] = errors.get(str(res.StatusCode), 0) + 1
+                        if by_program:  # the controller's own program raises it, as in the factory job
+                            tid = await dev.request_task(kind, model, bits, units, DEADLINE_S)
+                        else:  # a client (PLC/MES) calls RequestTask over its secure session
+                            res = (await client.uaclient.call([call]))[0]
+                            tid = res.OutputArguments[0].Value if res.StatusCode.is_good() else ""
+                            if not tid:
+                                errors[str(res.StatusCode)] = errors.get(str(res.StatusCode), 0) + 1
                     except Exception as exc:  # noqa: BLE001 - counted as not answered
                         tid = ""
                         key = f"{type(exc).__name__}: {exc}"[:200]
@@ -371,10 +381,12 @@ def _opcua_result(out: dict, warmup: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 def run(rate: float = 500.0, seconds: float = 10.0, *, deployment=None, cameras: int = 2,
         warmup_s: float = 1.0, workdir: str | Path | None = None, floor_n: int = 300,
-        log=None, protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, Any]:
+        log=None, protocols: tuple[str, ...] = PROTOCOLS, opcua_request: str = "method") -> dict[str, Any]:
     """Start everything, measure, stop everything; returns the report (see the module docstring).
     ``protocols``: the phases to measure ("mqtt", "opcua"); a phase left out is ``null`` in the report
     (the whole graph runs either way, so the CPU columns stay comparable)."""
+    if opcua_request not in OPCUA_REQUEST:
+        raise ValueError(f"opcua_request must be one of {', '.join(OPCUA_REQUEST)}, got {opcua_request!r}")
     unknown = sorted(set(protocols) - set(PROTOCOLS))
     if unknown or not protocols:
         raise ValueError(f"protocols must be a non-empty subset of {', '.join(PROTOCOLS)}, got {', '.join(protocols)}")
@@ -469,9 +481,11 @@ def run(rate: float = 500.0, seconds: float = 10.0, *, deployment=None, cameras:
             load.append(os.getloadavg())
             time.sleep(1.0)
         if "opcua" in protocols:
-            say(f"OPC UA: {count} RequestTask calls at {rate:g}/s (+{warmup} warm-up)")
+            say(f"OPC UA: {count} requests raised by the device's {OPCUA_REQUEST[opcua_request]} at {rate:g}/s "
+                f"(+{warmup} warm-up)")
             c0 = _cpu_s(pids)
-            out = json.loads(device.ask(f"run {rate} {warmup + count} 10", 60 + 2 * (warmup + count) / rate))
+            out = json.loads(device.ask(f"run {rate} {warmup + count} 10 {opcua_request}",
+                                        60 + 2 * (warmup + count) / rate))
             opcua_res = _opcua_result(out, warmup)
             opcua_res["cpu_ms_per_request"] = _cpu_per_request(c0, _cpu_s(pids), warmup + count)
             load.append(os.getloadavg())
@@ -479,7 +493,8 @@ def run(rate: float = 500.0, seconds: float = 10.0, *, deployment=None, cameras:
                 "load_average_1m": [round(x[0], 2) for x in load],
                 "setup": {"policy": dep.gateway.policy, "edge_servers": len(plant.edges), "cameras": len(devices),
                           "controllers": 1, "deadline_s": DEADLINE_S, "warmup_requests": warmup,
-                          "cpus": os.cpu_count(), "ros_domain_id": domain, "execution_nice": dep.execution_nice}}
+                          "cpus": os.cpu_count(), "ros_domain_id": domain, "execution_nice": dep.execution_nice,
+                          "opcua_request": opcua_request}}
     finally:
         for dc in devices:
             try:
@@ -544,8 +559,8 @@ class _RosWatch:
 
 def format_table(res: dict[str, Any]) -> str:
     f = res["floors"]
-    rows = [("MQTT request -> decision at device", res["mqtt"]), ("OPC UA RequestTask -> decision at device",
-                                                                  res["opcua"]),
+    how = {"program": "OPC UA request", "method": "OPC UA RequestTask call"}[res["setup"].get("opcua_request", "method")]
+    rows = [("MQTT request -> decision at device", res["mqtt"]), (f"{how} -> decision at device", res["opcua"]),
             ("floor: bare MQTT QoS 1 echo", f["mqtt_echo"]), ("floor: bare secure OPC UA call", f["opcua_call"])]
     lines = [f"end-to-end at {res['rate_per_s']:g} requests/s for {res['seconds']:g} s "
              f"(policy {res['setup']['policy']}, {res['setup']['edge_servers']} edge servers at nice "
@@ -579,6 +594,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per protocol")
     p.add_argument("--json", action="store_true")
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="phases to measure: mqtt, opcua or both")
+    p.add_argument("--opcua-request", choices=sorted(OPCUA_REQUEST), default="method",
+                   help="how the OPC UA device raises requests: its own program (as the factory's controllers) "
+                        "or a PLC client calling its RequestTask method")
     p.add_argument("--device-child", type=int, help=argparse.SUPPRESS)  # internal: the OPC UA device process
     p.add_argument("--pki", help=argparse.SUPPRESS)
     p.add_argument("--device-id", help=argparse.SUPPRESS)
@@ -595,11 +613,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             asyncio.run(_device_child(a.device_child, a.pki, a.device_id, a.plc_client))
         return 0
-    return cli(a.rate, a.seconds, a.json, a.protocols)
+    return cli(a.rate, a.seconds, a.json, a.protocols, opcua_request=a.opcua_request)
 
 
 def cli(rate: float, seconds: float, as_json: bool, protocols: str = ",".join(("mqtt", "opcua")),
-        deployment=None) -> int:
+        deployment=None, opcua_request: str = "method") -> int:
     if rate <= 0 or seconds <= 0:
         print("error: --rate and --seconds must be positive", file=sys.stderr)
         return 2
@@ -613,7 +631,7 @@ def cli(rate: float, seconds: float, as_json: bool, protocols: str = ",".join(("
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        res = run(rate, seconds, deployment=deployment, log=sys.stderr, protocols=chosen)
+        res = run(rate, seconds, deployment=deployment, log=sys.stderr, protocols=chosen, opcua_request=opcua_request)
     except KeyboardInterrupt:
         print("bench e2e: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
