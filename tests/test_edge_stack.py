@@ -485,8 +485,8 @@ def test_forward_to_a_peer_lands_and_a_forward_to_a_vanished_peer_fails_the_task
         submit = ros.node.create_client(SubmitTask, "/edge0/submit_task")
         assert submit.wait_for_service(timeout_sec=45.0), "edge0 never served submit_task"
 
-        def hand(model: str) -> tuple:
-            req = request_msg("plc01", model, deadline_s=10.0)
+        def hand(model: str, deadline_s: float = 10.0) -> tuple:
+            req = request_msg("plc01", model, deadline_s=deadline_s)
             dec = Decision(task_id=req.task_id, target_kind=Decision.TARGET_EDGE, target_index=0, target_id="edge0",
                            offload_share=1.0, download_model=False, model_name=model)
             return req.task_id, ros.call(submit, SubmitTask.Request(task=req, decision=dec), 30.0, attempt_s=5.0)
@@ -508,7 +508,7 @@ def test_forward_to_a_peer_lands_and_a_forward_to_a_vanished_peer_fails_the_task
         assert tid not in results, results.get(tid)  # landed: edge1 reports the run, not edge0
 
         ros.node.destroy_service(peer_srv)
-        tid2, ack2 = hand("report-s")
+        tid2, ack2 = hand("report-s", deadline_s=3.0)  # an undiscovered peer is waited for until then
         assert ack2.accepted and ack2.action == "forward:edge1"
         end = time.monotonic() + 15.0
         while tid2 not in results and time.monotonic() < end:

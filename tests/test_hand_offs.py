@@ -191,3 +191,30 @@ def test_acknowledged_is_called_once_per_accepted_hand_off_and_never_for_a_faile
         assert sorted(landed) == ["t0", "t3"] and sorted(failed) == ["t1", "t2", "t4"]
     finally:
         sched.stop()
+
+
+def test_a_service_not_discovered_yet_is_waited_for_until_the_tasks_deadline(harness):
+    """The first tasks of a plant can reach the gateway before discovery has matched it to a
+    target's service: the hand-off waits for it while the task can still make its deadline."""
+    sched, clients, failures = harness  # timeout_s 0.5
+
+    def with_deadline(task_id: str, deadline_s: float):
+        now = time.time()
+        created = SimpleNamespace(sec=int(now), nanosec=int((now % 1) * 1e9))
+        return SimpleNamespace(task=SimpleNamespace(task_id=task_id, created_at=created, deadline_s=deadline_s))
+
+    clients["edge1"].ready = False
+    t0 = time.monotonic()
+    sched.schedule(0.0, with_deadline("late-up", 3.0), "edge1")
+    time.sleep(1.0)  # past timeout_s, before the deadline: still waiting, nothing failed
+    assert failures == [] and clients["edge1"].sent == []
+    clients["edge1"].ready = True
+    assert wait_until(lambda: clients["edge1"].sent == ["late-up"])
+    assert wait_until(lambda: sched.pending() == 0) and failures == []
+
+    clients["edge0"].ready = False
+    t0 = time.monotonic()
+    sched.schedule(0.0, with_deadline("never-up", 1.5), "edge0")
+    assert wait_until(lambda: len(failures) == 1)
+    assert failures[0] == ("never-up", "edge0 is not reachable (/edge0/submit_task has no server)")
+    assert 1.3 <= time.monotonic() - t0 < 5.0  # at the deadline, not at timeout_s

@@ -16,6 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
+def _deadline_s(request: Any) -> float:
+    """The task's deadline as POSIX seconds (``created_at`` + ``deadline_s``), 0 if it has none."""
+    task = getattr(request, "task", None)
+    created = getattr(task, "created_at", None)
+    if created is None:
+        return 0.0
+    return created.sec + created.nanosec * 1e-9 + float(getattr(task, "deadline_s", 0.0))
+
+
 @dataclass(order=True)
 class _HandOff:
     due_s: float  # wall-clock time the upload of the offloaded share ends (heap key)
@@ -23,6 +32,7 @@ class _HandOff:
     first_due_s: float = field(compare=False)
     request: Any = field(compare=False)  # SubmitTask.Request
     target_id: str = field(compare=False)
+    give_up_s: float = field(compare=False, default=0.0)  # wall-clock time to stop waiting for the service
     future: Any = field(compare=False, default=None)
     timeout_at_s: float = field(compare=False, default=0.0)
     attempts: int = field(compare=False, default=0)  # SubmitTask calls sent so far
@@ -33,8 +43,9 @@ class HandOffScheduler:
 
     One thread for every hand-off instead of a ``threading.Timer`` per task, which cost a thread
     start and a blocked thread per request at hundreds of requests per second. A hand-off whose
-    target has no service yet is retried every 50 ms until ``timeout_s`` after it was due; a sent
-    one that is not acknowledged within ``timeout_s`` is cancelled and sent again, up to
+    target has no service yet is retried every 50 ms until the task's deadline (at least
+    ``timeout_s`` after it was due); a sent one that is not acknowledged within ``timeout_s`` is
+    cancelled and sent again, up to
     ``attempts`` calls in all. Why again: DDS can drop a reply whose reader the server has not
     matched yet (Fast DDS "failed to send response"), and the servers answer a repeated hand-off
     of a task with their first acknowledgement without running it twice (``edge_core.RecentAcks``).
@@ -62,8 +73,13 @@ class HandOffScheduler:
 
     def schedule(self, delay_s: float, request: Any, target_id: str) -> None:
         due = time.time() + max(delay_s, 0.0)
+        h = _HandOff(due, next(self._seq), due, request, target_id)
+        # A target whose service is not discovered yet is waited for until the task's deadline (at
+        # least ``timeout_s``): the first tasks of a plant can reach the gateway before discovery
+        # has matched it to the cloud's service, and a failure then helps nobody.
+        h.give_up_s = max(due + self.timeout_s, _deadline_s(request))
         with self._cv:
-            heapq.heappush(self._due, _HandOff(due, next(self._seq), due, request, target_id))
+            heapq.heappush(self._due, h)
             self._cv.notify()
 
     def stop(self) -> None:
@@ -112,7 +128,7 @@ class HandOffScheduler:
         if client is None:
             return f"{h.target_id} is not a target of this gateway (no SubmitTask client)"
         if not client.service_is_ready():
-            if now - h.first_due_s >= self.timeout_s:
+            if now >= h.give_up_s:
                 return f"{h.target_id} is not reachable ({client.srv_name} has no server)"
             with self._cv:
                 h.due_s = now + self.RETRY_S
