@@ -133,7 +133,8 @@ class DeviceServer:
                  tasks: Iterable[PlannedTask] | None = None, time_scale: float = 1.0,
                  result_grace_s: float = 10.0, max_pending: int = 10_000,
                  on_finished: Callable[[TaskResult], None] | None = None,
-                 on_executed: Callable[[m.ExecutionReport], None] | None = None):
+                 on_executed: Callable[[m.ExecutionReport], None] | None = None,
+                 start_when_subscribed: bool = False):
         if kind not in m.DEVICE_KINDS:
             raise ValueError(f"device kind must be one of {', '.join(m.DEVICE_KINDS)}, not '{kind}'")
         if not m.SAFE_ID_RE.match(device_id):
@@ -143,6 +144,7 @@ class DeviceServer:
         self.endpoint = endpoint
         self.security = security
         self.time_scale = time_scale
+        self.start_when_subscribed = start_when_subscribed
         self.result_grace_s = result_grace_s
         self.max_pending = max_pending
         self.on_finished = on_finished
@@ -561,9 +563,25 @@ class DeviceServer:
             for entry in later:
                 heapq.heappush(self._deadlines, entry)
 
+    def has_event_subscriber(self) -> bool:
+        """A client (a gateway's ingress) monitors this device's events."""
+        if self._server is None or self.object is None:
+            return False
+        subs = self._server.iserver.subscription_service.subscriptions.values()
+        watched = [getattr(sub.monitored_item_srv, "_monitored_events", None) for sub in subs]
+        if any(w is None for w in watched):  # an asyncua without that attribute: any subscription counts
+            return bool(watched)
+        return any(self.object.nodeid in w and w[self.object.nodeid] for w in watched)
+
     async def _generate(self, planned: Iterable[PlannedTask]) -> None:
-        """Requests the planned tasks at their arrival times (scaled by ``time_scale``)."""
+        """Requests the planned tasks at their arrival times (scaled by ``time_scale``); with
+        ``start_when_subscribed`` the arrival process starts once a client monitors the device's
+        events, so that no task is raised for a plant whose gateway is not there yet."""
         loop = asyncio.get_running_loop()
+        if self.start_when_subscribed:
+            while not self.has_event_subscriber():
+                await asyncio.sleep(0.05)
+            log.info("device %s: a client monitors the requests; the arrival process starts", self.device_id)
         t0 = loop.time()
         for pt in planned:
             delay = t0 + pt.at_s * self.time_scale - loop.time()
@@ -602,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0, help="arrival time multiplier (0.1 = 10x faster)")
     parser.add_argument("--cpu-ghz", type=float, help="device CPU for the cost-model executor, GHz")
     parser.add_argument("--result-grace-s", type=float, default=10.0)
+    parser.add_argument("--start-when-subscribed", action="store_true",
+                        help="start the arrival process (scenario or trace) once a client monitors the device's events")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -653,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu = float(sim.generate_workload(episode_rng(args.seed, 0, 0), 0).params["device_cpu_ghz"][index])
     device = DeviceServer(args.device_id, args.kind, f"opc.tcp://{args.host}:{args.port}/aigc/", security,
                           preset=args.preset, device_cpu_ghz=cpu, tasks=planned, time_scale=args.time_scale,
+                          start_when_subscribed=args.start_when_subscribed,
                           result_grace_s=args.result_grace_s)
 
     async def run() -> None:

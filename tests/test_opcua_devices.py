@@ -8,6 +8,7 @@ Servers run on a background asyncio loop thread, as the ingress runs on its own.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import threading
@@ -560,4 +561,27 @@ def test_tasks_nobody_answers_end_at_deadline_plus_grace_in_deadline_order(loop,
             # not before deadline + grace; within a few sweeps (0.25 s each) after it
             assert deadlines[tid] + 0.2 <= at - t0 + 0.05 < deadlines[tid] + 0.2 + 3.0, (tid, at - t0)
     finally:
+        loop.run(dev.stop())
+
+
+def test_arrivals_start_when_a_gateway_subscribes(loop, pki):
+    """--start-when-subscribed: no task is raised before a client monitors the device's events (its
+    deadline would pass while it waits for a gateway); then the arrival process runs."""
+    planned = list(itertools.islice(scenario_tasks(0, seed=3), 5))
+    url = f"opc.tcp://127.0.0.1:{free_port()}/aigc/"
+    dev = DeviceServer("plc01", "controller", url, server_security(pki, "plc01"), tasks=planned,
+                       time_scale=0.01, start_when_subscribed=True)
+    loop.run(dev.start())
+    ing = OpcuaIngress([url], gateway_security(pki), settings=FAST)
+    try:
+        time.sleep(1.0)  # every planned arrival is due by now (time_scale 0.01)
+        assert list(dev.requested) == [] and not dev.has_event_subscriber()
+        subscribed_at = datetime.now(timezone.utc)
+        ing.start(wait_connected_s=15)
+        got = [ing.get_request(10) for _ in planned]
+        assert dev.has_event_subscriber()
+        assert [r.task_id for r in got] == [r.task_id for r in dev.requested]
+        assert all(r.created_at >= subscribed_at for r in got)
+    finally:
+        ing.stop()
         loop.run(dev.stop())

@@ -123,7 +123,9 @@ class PlantRun:
                     [sys.executable, "-m", "opcua_devices.server", "--kind", "controller", "--device-id", d.device_id,
                      "--host", "localhost", "--port", str(port), "--pki", str(self.pki), "--preset", dep.preset,
                      "--source", self.device_source, "--index", str(d.index), "--seed", str(dep.seed),
-                     "--cpu-ghz", f"{d.cpu_ghz:.6f}"],
+                     "--cpu-ghz", f"{d.cpu_ghz:.6f}",
+                     # no task for a plant whose gateway is not up yet: its deadline would pass while it waits
+                     *(["--start-when-subscribed"] if self.device_source == "scenario" else [])],
                     env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                     preexec_fn=die_with_parent))
             updates["opcua"] = dep.opcua.model_copy(update={"endpoints": list(self.endpoints),
@@ -214,8 +216,9 @@ def _watch(run: PlantRun, duration_s, max_tasks, record, report_path, out, progr
             why = graph.failure_summary() or "the gateway did not report every edge server alive within 120 s"
             print(f"factory: the graph did not come up; logs in {workdir}\n{why}", file=sys.stderr)
             return 1
-        # The clock starts once the ingress has connected to every controller (their requests wait
-        # in the device until then; on a busy machine the secure sessions take seconds to open).
+        # The clock starts once the ingress has connected to every controller (each controller starts
+        # its arrival process when the ingress subscribes to it, --start-when-subscribed; on a busy
+        # machine the secure sessions take seconds to open).
         if ingress is not None and not ingress.wait(CONTROLLERS_WAIT_S):
             print(f"factory: warning: the OPC UA ingress connected {ingress.connected or '0/' + str(len(run.ctrl))} "
                   f"controllers within {CONTROLLERS_WAIT_S:g} s; starting anyway (it keeps reconnecting)",
