@@ -41,6 +41,10 @@ def test_bench_e2e_json_short_run():
     assert res["opcua"]["answered"] > 0, res["opcua"]
     for proto in ("mqtt", "opcua"):
         assert math.isfinite(res[proto]["p50_ms"]) and res[proto]["p50_ms"] > 0
+        # where the time went: both halves measured, each inside the whole request's range
+        split = res[proto]["split"]
+        for part in ("to_gateway_decision", "decision_to_device"):
+            assert 0 < split[part]["p50_ms"] <= res[proto]["max_ms"], (proto, split)
     assert set(res["floors"]) == {"mqtt_echo", "opcua_call"}
     for floor in res["floors"].values():
         assert floor["p50_ms"] > 0 and floor["p99_ms"] >= floor["p50_ms"], floor

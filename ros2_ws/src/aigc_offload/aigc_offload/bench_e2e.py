@@ -20,6 +20,9 @@ rate that is not counted), one protocol after the other so the gateway sees the 
   device's own program raises each request instead (``DeviceServer.request_task``, as the
   controllers of the factory job do): no client session and no call in the path.
 
+Each phase also reports ``split``: p50/p99 of request -> the gateway's decision (its
+``decided_at`` stamp) and of that decision -> its arrival at the device, one machine clock.
+
 Floors, measured in the same run with the graph up and idle: a bare paho QoS 1 echo through the
 same broker (two clients of a second bridge account on topics the bridge node does not read) and
 a bare secure OPC UA method call (``opcua_devices.bench``: a no-op method on a server with the
@@ -71,6 +74,18 @@ def _stats(samples_s: list[float]) -> dict[str, float]:
             "mean_ms": round(float(a.mean()), 3), "max_ms": round(float(a.max()), 3), "n": int(a.size)}
 
 
+def _split(triples: list[tuple[float, float, float]]) -> dict[str, dict[str, float]]:
+    """Where a request's time went, from (sent, the gateway's ``decided_at``, arrival at the device),
+    POSIX seconds of this machine's one clock: request -> decision at the gateway (device, protocol,
+    ingress or bridge, DDS, policy) and decision -> device (DDS, bridge or ingress, protocol)."""
+    def p(xs: list[float]) -> dict[str, float]:
+        st = _stats(xs)
+        return {"p50_ms": st["p50_ms"], "p99_ms": st["p99_ms"]} if xs else {}
+
+    return {"to_gateway_decision": p([d - t for t, d, _a in triples]),
+            "decision_to_device": p([a - d for _t, d, a in triples])}
+
+
 def _free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -106,11 +121,13 @@ async def _device_child(port: int, pki_dir: str, device_id: str, plc_client: str
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)
     pki = LabPki(Path(pki_dir))
     decided: dict[str, float] = {}
+    walls: dict[str, tuple[float, float]] = {}  # task id -> (the gateway's decided_at, arrival), POSIX s
 
     class Stamped(DeviceServer):
         async def deliver_decision(self, decision):  # noqa: ANN001
             await super().deliver_decision(decision)
             decided.setdefault(decision.task_id, time.perf_counter())
+            walls.setdefault(decision.task_id, (decision.decided_at.timestamp(), time.time()))
 
     url = f"opc.tcp://127.0.0.1:{port}/aigc/"
     dev = Stamped(device_id, "controller", url, pki.server_security(device_id), result_grace_s=600.0,
@@ -154,7 +171,7 @@ async def _device_child(port: int, pki_dir: str, device_id: str, plc_client: str
                 errors: dict[str, int] = {}
 
                 async def one() -> None:
-                    t0 = time.perf_counter()
+                    t0, t0_wall = time.perf_counter(), time.time()
                     try:
                         if by_program:  # the controller's own program raises it, as in the factory job
                             tid = await dev.request_task(kind, model, bits, units, DEADLINE_S)
@@ -167,7 +184,7 @@ async def _device_child(port: int, pki_dir: str, device_id: str, plc_client: str
                         tid = ""
                         key = f"{type(exc).__name__}: {exc}"[:200]
                         errors[key] = errors.get(key, 0) + 1
-                    calls.append([tid, t0, time.perf_counter()])
+                    calls.append([tid, t0, time.perf_counter(), t0_wall])
 
                 start = loop.time()
                 pending = []
@@ -182,6 +199,7 @@ async def _device_child(port: int, pki_dir: str, device_id: str, plc_client: str
                 while loop.time() < deadline and not all(c[0] in decided for c in calls):
                     await asyncio.sleep(0.02)
                 print(json.dumps({"calls": calls, "decided": {c[0]: decided.get(c[0]) for c in calls},
+                                  "walls": {c[0]: walls.get(c[0]) for c in calls},
                                   "elapsed_s": elapsed, "errors": errors}), flush=True)
     finally:
         try:
@@ -320,15 +338,19 @@ def _mqtt_run(devices: list, rate: float, count: int, warmup: int, wait_s: float
     from mqtt_bridge.schemas import TaskRequest, utc_now
 
     decided: dict[str, float] = {}
+    walls: dict[str, tuple[float, float, float]] = {}  # task id -> (sent, decided_at, arrival), POSIX s
+    sent_wall: dict[str, float] = {}
     refused: dict[str, str] = {}
     sent: list[tuple[str, float]] = []
     lock = threading.Lock()
 
     def on_decision(fut, tid: str) -> None:
-        t = time.perf_counter()
+        t, t_wall = time.perf_counter(), time.time()
         if fut.exception() is None:
             with lock:
                 decided.setdefault(tid, t)
+                if tid in sent_wall:
+                    walls.setdefault(tid, (sent_wall[tid], fut.result().decided_at.timestamp(), t_wall))
         else:
             refused[tid] = str(fut.exception())
 
@@ -342,6 +364,8 @@ def _mqtt_run(devices: list, rate: float, count: int, warmup: int, wait_s: float
         req = TaskRequest(task_id=dev.new_task_id(), device_id=dev.address.device, deadline_s=DEADLINE_S,
                           created_at=utc_now(), **MQTT_TASK)
         ts = time.perf_counter()
+        with lock:
+            sent_wall[req.task_id] = time.time()
         h = dev.submit(req)
         h.decision.add_done_callback(lambda f, tid=req.task_id: on_decision(f, tid))
         if i >= warmup:
@@ -355,9 +379,10 @@ def _mqtt_run(devices: list, rate: float, count: int, warmup: int, wait_s: float
         time.sleep(0.02)
     with lock:
         samples = [decided[tid] - ts for tid, ts in sent if tid in decided]
+        triples = [walls[tid] for tid, _ts in sent if tid in walls]
     out = _stats(samples)
     out.update(sent=len(sent), answered=len(samples), refused=sum(1 for tid, _ in sent if tid in refused),
-               achieved_rate_per_s=round(total / elapsed, 1))
+               achieved_rate_per_s=round(total / elapsed, 1), split=_split(triples))
     if refused:
         out["first_refusal"] = next(iter(refused.values()))
     return out
@@ -368,9 +393,11 @@ def _opcua_result(out: dict, warmup: int) -> dict[str, Any]:
     dec = out["decided"]
     samples = [dec[c[0]] - c[1] for c in calls if c[0] and dec.get(c[0])]
     res = _stats(samples)
+    walls = out.get("walls", {})
     res.update(sent=len(calls), answered=len(samples), refused=sum(1 for c in calls if not c[0]),
                achieved_rate_per_s=round(len(out["calls"]) / max(out["elapsed_s"], 1e-9), 1),
-               request_call=_stats([c[2] - c[1] for c in calls]))
+               request_call=_stats([c[2] - c[1] for c in calls]),
+               split=_split([(c[3], *walls[c[0]]) for c in calls if c[0] and walls.get(c[0])]))
     if out.get("errors"):
         res["errors"] = out["errors"]
     return res
@@ -574,6 +601,11 @@ def format_table(res: dict[str, Any]) -> str:
         extra = f"{r['answered']:>6d}/{r['sent']:<7d} {r['achieved_rate_per_s']:>7g}" if "sent" in r else \
             f"{'n=' + str(r.get('n', 0)):>14s}"
         lines.append(f"{name:42s} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {extra}")
+        for part, label in (("to_gateway_decision", "  of which request -> gateway's decision"),
+                            ("decision_to_device", "  of which gateway's decision -> device")):
+            q = r.get("split", {}).get(part)
+            if q:
+                lines.append(f"{label:42s} {q['p50_ms']:8.3f} {q['p99_ms']:8.3f}")
     m, o = res["mqtt"], res["opcua"]
     targets = []
     if m is not None:
