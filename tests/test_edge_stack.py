@@ -523,3 +523,25 @@ def test_forward_to_a_peer_lands_and_a_forward_to_a_vanished_peer_fails_the_task
     tails = "\n".join(log[-2500:] for _rc, log in out)
     assert all(rc == 0 for rc, _log in out), tails
     assert "Traceback" not in "\n".join(log for _rc, log in out), tails
+
+
+def test_graph_wait_ready_gives_up_at_the_first_node_that_exits(tmp_path):
+    """A node that dies at start must not hold the factory job, hil or bench e2e for their whole
+    readiness timeout: ``Graph.wait_ready`` returns False at once and ``failure_summary`` names it."""
+    from aigc_offload.deployment import NodeSpec
+    from aigc_offload.runner import GatewayReadiness, Graph
+
+    class NeverReady(GatewayReadiness):
+        def __init__(self):  # noqa: D107 - the real wait loop without a ROS node
+            self._ready = threading.Event()
+
+    graph = Graph([NodeSpec("no_such_node", "ghost", {})], tmp_path, ros_child_env(150))
+    graph.start()
+    try:
+        t0 = time.monotonic()
+        assert graph.wait_ready(NeverReady(), 60.0) is False
+        assert time.monotonic() - t0 < 30.0
+        summary = graph.failure_summary()
+        assert summary.startswith("ghost exited 1") and "aigc_offload.no_such_node" in summary
+    finally:
+        graph.stop()

@@ -474,7 +474,7 @@ def run(rate: float = 500.0, seconds: float = 10.0, *, deployment=None, cameras:
         graph = Graph(specs, wd, _ros_env(domain))
         graph.start()
         ros = _RosWatch(domain, len(plant.edges), GatewayReadiness)
-        if not ros.ready.wait(120, abort=lambda: bool(graph.failed())):
+        if not graph.wait_ready(ros.ready, 120):
             failed = graph.failure_summary() or "no node exited"
             raise RuntimeError(f"the gateway did not report every edge server alive within 120 s; logs in {wd}\n"
                                f"{failed}")

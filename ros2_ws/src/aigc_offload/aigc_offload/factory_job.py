@@ -212,7 +212,7 @@ def _watch(run: PlantRun, duration_s, max_tasks, record, report_path, out, progr
         ready = GatewayReadiness(node, len(plant.edges))
         ingress = IngressReadiness(node, len(run.ctrl)) if run.ctrl else None
         threading.Thread(target=ex.spin, daemon=True).start()  # after every entity is created
-        if not ready.wait(120.0, abort=lambda: bool(graph.failed())):
+        if not graph.wait_ready(ready, 120.0):
             why = graph.failure_summary() or "the gateway did not report every edge server alive within 120 s"
             print(f"factory: the graph did not come up; logs in {workdir}\n{why}", file=sys.stderr)
             return 1

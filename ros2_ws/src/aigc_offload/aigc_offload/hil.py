@@ -279,7 +279,7 @@ def run_hil(dep, *, slots: int, seed: int, workdir: str, settle_s: float = 5.0, 
         player = TracePlayer(node, plant, np.asarray(wl.params["device_cpu_ghz"]))
         ready = GatewayReadiness(node, len(plant.edges))
         threading.Thread(target=ex.spin, daemon=True).start()  # after every entity is created
-        if not ready.wait(180.0, abort=lambda: bool(graph.failed())):
+        if not graph.wait_ready(ready, 180.0):
             raise RuntimeError("the gateway did not see every edge server: "
                                + (graph.failure_summary() or graph.tail("edge_gateway")))
         time.sleep(1.0)
@@ -387,7 +387,7 @@ def run_hil_devices(dep, *, slots: int, seed: int, controllers: int, cameras: in
         cams: dict[str, DeviceClient] = {}
         opc: dict[str, tuple] = {}
         try:
-            if not ready.wait(180.0, abort=lambda: bool(run.graph.failed())):
+            if not run.graph.wait_ready(ready, 180.0):
                 raise RuntimeError("the gateway did not see every edge server: "
                                    + (run.graph.failure_summary() or run.graph.tail("edge_gateway")))
             # The PLC program's secure sessions to the controllers, the cameras' MQTT sessions.

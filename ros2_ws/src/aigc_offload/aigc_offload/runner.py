@@ -112,6 +112,11 @@ class Graph:
                 codes[p.spec.name] = p.proc.wait()
         return codes
 
+    def wait_ready(self, ready, timeout_s: float) -> bool:
+        """``ready.wait(timeout_s)`` (a ``GatewayReadiness``) that gives up at the first node that
+        exits: a dead node would otherwise hold the caller for the whole timeout."""
+        return ready.wait(timeout_s, abort=lambda: bool(self.failed()))
+
     def failure_summary(self, lines: int = 6) -> str:
         """One paragraph per node that exited: its name, exit code and the last lines of its log;
         "" while every node runs."""
