@@ -29,7 +29,6 @@ def _deadline_s(request: Any) -> float:
 class _HandOff:
     due_s: float  # wall-clock time the upload of the offloaded share ends (heap key)
     seq: int
-    first_due_s: float = field(compare=False)
     request: Any = field(compare=False)  # SubmitTask.Request
     target_id: str = field(compare=False)
     give_up_s: float = field(compare=False, default=0.0)  # wall-clock time to stop waiting for the service
@@ -73,7 +72,7 @@ class HandOffScheduler:
 
     def schedule(self, delay_s: float, request: Any, target_id: str) -> None:
         due = time.time() + max(delay_s, 0.0)
-        h = _HandOff(due, next(self._seq), due, request, target_id)
+        h = _HandOff(due, next(self._seq), request, target_id)
         # A target whose service is not discovered yet is waited for until the task's deadline (at
         # least ``timeout_s``): the first tasks of a plant can reach the gateway before discovery
         # has matched it to the cloud's service, and a failure then helps nobody.
