@@ -410,6 +410,12 @@ def test_tiny_reproduce_writes_report_results_and_figures(tmp_path):
     assert {"plateau_ladts", "converge_ladts", "best_steps", "episode_wall_s", "episode_cpu_s"} <= keys
     text = (rep / "report.md").read_text()
     assert "Fig. 5" in text and "Reduced run" in text and "78 s" in text and "LAD-TS" in text
+    split = data["action_split"]  # each trained method's server split against f / sum(f), one episode per seed
+    assert set(split["methods"]) == set(ALL) and len(split["capacity_ghz"]) == 20
+    for m in split["methods"].values():
+        assert len(m["tv"]) == 2 and all(0.0 <= v <= 1.0 for v in m["tv"])
+        assert all(sum(sh) == pytest.approx(1.0) for sh in m["share"])
+    assert "What the agents learn" in text and "| LAD-TS above the capacity split |" in text
     assert res["wall_s"]["trained_now"] == 4 * 2 * 2 + 2  # 4 methods x 2 seeds at 2 points, LAD-TS at I = 3
 
 

@@ -36,6 +36,10 @@ METHODS = (
     Method("dqn_ts", "DQN-TS", trained=True),
     Method("opt", "Opt-TS", trained=False),
     Method("random", "Random (ours)", trained=False, in_paper=False),
+    # state-blind: each task to server b' with probability f_b' / sum(f) ("What the agents learn" in the report)
+    Method("proportional", "Capacity split (ours)", trained=False, in_paper=False),
+    # the same split dealt by a per-station golden-ratio walk instead of independent draws
+    Method("weighted_rr", "Weighted RR (ours)", trained=False, in_paper=False),
 )
 BASELINES = ("d2sac_ts", "sac_ts", "dqn_ts")
 AUTHORS_S_PER_EPISODE = 78.0  # the authors' public code (main_lad.py), measured on this machine (task brief)
@@ -190,6 +194,84 @@ def opt_training_curve(results: dict) -> dict | None:
     results["convergence_opt"] = {"episode": [int(i + w - 1) for i in range(sm.shape[1])], "delay": sm.mean(0).tolist(),
                                   "std": sm.std(0).tolist(), "per_seed_raw": curves}
     return results["convergence_opt"]
+
+
+def action_split(results: dict) -> dict | None:
+    """Which servers each trained method sends the default point's tasks to: per method and seed, one
+    evaluation episode (the first common workload) with the run acting as evaluated, the share of tasks per
+    server, and its total-variation distance to the capacity split f / sum(f) (0: the same split, 1: disjoint).
+    Cached in ``results["action_split"]`` (a report re-made with --report-only reuses it)."""
+    if "action_split" in results:
+        return results["action_split"]
+    from policies.evaluate import generate_workloads, run_episode
+    from policies.reproduce.core import EVAL_SEED_BASE
+    from policies.scenarios import make_simulator
+    from policies.train.registry import load_trained_policy
+
+    dirs = [(d, r) for d, r in results["runs"].items() if r["point"] == DEFAULT.name]
+    if not dirs:
+        return None
+    sim = make_simulator("ladts", results["settings"].get("preset_overrides") or None)
+    out: dict = {"capacity_ghz": [], "methods": {}}
+    for d, r in sorted(dirs):
+        pol = load_trained_policy(d, sim)
+        counts = np.zeros(sim.B)
+        decide = pol.decide
+
+        def counting(view, decide=decide, counts=counts):
+            dec = decide(view)
+            np.add.at(counts, dec.target, 1)
+            return dec
+
+        pol.decide = counting
+        seed = int(r["seed"])
+        wl = generate_workloads(sim, 1, EVAL_SEED_BASE + seed)[0]
+        run_episode(sim, pol, wl, EVAL_SEED_BASE + seed)
+        cap = np.asarray(sim.f, dtype=float)
+        share = counts / counts.sum()
+        out["capacity_ghz"] = cap.tolist()
+        m = out["methods"].setdefault(r["algo"], {"share": [], "tv": []})
+        m["share"].append(share.tolist())
+        m["tv"].append(float(0.5 * np.abs(share - cap / cap.sum()).sum()))
+    results["action_split"] = out
+    return out
+
+
+def _split_lines(results: dict) -> list[str]:
+    """The report's "What the agents learn": each trained method's server split against the capacity split,
+    and the delay of that state-blind split beside LAD-TS and Opt-TS along Fig. 6a."""
+    split = action_split(results)
+    if not split or not split["methods"]:
+        return []
+    lab = _labels(results)
+    L = ["## What the agents learn (ours)\n",
+         "The per-station agents see q_{t-1} and the task (eq. 6), not the queue the slot's earlier tasks build, so a "
+         "station decides all its tasks of a slot from the same queue vector. \"Capacity split (ours)\" is the policy "
+         "that ignores the state altogether: each task goes to server b' with probability f_b' / sum(f). The distance "
+         "below is the total variation between the share of tasks a method sent to each server (one evaluation "
+         "episode per seed at the default point) and that split: 0 means the same split.\n",
+         "| method | distance to the capacity split (mean over seeds) | per seed |\n|---|---|---|"]
+    for k, m in sorted(split["methods"].items(), key=lambda km: list(lab).index(km[0]) if km[0] in lab else 99):
+        L.append(f"| {lab.get(k, k)} | {np.mean(m['tv']):.3f} | {', '.join(f'{v:.3f}' for v in m['tv'])} |")
+    e = results["experiments"].get("tasks")
+    if e and all(k in e["points"][x]["methods"] for x in e["x_values"] for k in ("ladts", "proportional", "weighted_rr", "opt")):
+        L.append("\n| tasks N | " + " | ".join(e["x_values"]) + " |\n|---|" + "---|" * len(e["x_values"]))
+        for k in ("opt", "ladts", "proportional", "weighted_rr"):
+            L.append(f"| {lab[k]} (s) | " + " | ".join(f"{_mean(e['points'][x], k):.3g}" for x in e["x_values"]) + " |")
+        L.append("| LAD-TS above the capacity split | " + " | ".join(
+            f"{100 * (_mean(e['points'][x], 'ladts') / _mean(e['points'][x], 'proportional') - 1):+.1f}%"
+            for x in e["x_values"]) + " |")
+        for k in ("proportional", "weighted_rr"):
+            L.append(f"| {lab[k]} above Opt-TS | " + " | ".join(
+                f"{100 * (_mean(e['points'][x], k) / _mean(e['points'][x], 'opt') - 1):+.1f}%" for x in e["x_values"]) + " |")
+        L.append("| LAD-TS above Weighted RR | " + " | ".join(
+            f"{100 * (_mean(e['points'][x], 'ladts') / _mean(e['points'][x], 'weighted_rr') - 1):+.1f}%"
+            for x in e["x_values"]) + " |")
+        L.append("\nWeighted RR (ours) deals the same split without the dice: station b sends its k-th task to the "
+                 "server whose bin of the capacity CDF holds frac(b / B + k phi), phi the golden ratio's fraction, so "
+                 "no window of a station's tasks piles on one server by chance. It reads no state either.")
+    L.append("")
+    return L
 
 
 def timing(results: dict) -> dict:
@@ -465,6 +547,7 @@ def write_report(results: dict, out: Path) -> None:
              "Where it does not (LAD-TS against each baseline and Opt-TS; the baselines' order):\n\n" +
              "\n".join(f"- {b}" for b in bad))
     L.append("")
+    L += _split_lines(results)
     conv = convergence_delays(results)
     if conv:
         L.append(f"## Fig. 5: convergence (point `{results['convergence']['point']}`)\n")

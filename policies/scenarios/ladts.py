@@ -143,7 +143,7 @@ class LadtsSimulator(Simulator):
         "cpu_ghz": "GHz; capacity f_b' of each edge server",
         "rate_mbps": "Mbit/s; link rate v_b' of each server (upload and result return)",
     }
-    POLICIES = ("random", "round_robin", "greedy", "opt")
+    POLICIES = ("random", "round_robin", "greedy", "proportional", "weighted_rr", "opt")
     MULTI_AGENT = False
     OBS_LAYOUT = _obs_layout(20)
 
@@ -334,6 +334,10 @@ class LadtsSimulator(Simulator):
             return OptTsPolicy()
         if name == "round_robin":
             return LadtsRoundRobin(self.B)
+        if name == "proportional":
+            return CapacityProportional(self)
+        if name == "weighted_rr":
+            return WeightedRoundRobin(self)
         return None
 
 
@@ -350,6 +354,64 @@ class LadtsRoundRobin(RoundRobinPolicy):
     def reset(self, rng: np.random.Generator, oracle: Simulator | None = None) -> None:
         super().reset(rng, oracle)
         self.next_index = {b: b for b in range(self.num_stations)}
+
+
+class CapacityProportional(Policy):
+    """[ours] Each task to server b' drawn with probability f_b' / sum(f), blind to the queues and the task.
+
+    The reference for what the per-station agents learn: their observation (eq. 6) holds q_{t-1} but not
+    the queue the slot's earlier tasks build (q^bef), so every station decides a slot's tasks at once,
+    and the split that keeps the servers' expected loads proportional to their speeds is what is left to
+    learn (docs/papers/ladts.md, "What the agents learn"). It knows only the servers' capacities (the
+    episode's ``cpu_ghz``, a parameter a deployment knows, not state); it is deployable, unlike Opt-TS."""
+
+    name = "proportional"
+
+    def __init__(self, sim: "LadtsSimulator"):
+        self.sim = sim
+
+    def decide(self, view: OffloadView) -> OffloadDecision:
+        cdf = np.cumsum(self.sim.f)
+        u = self.rng.random(view.n) * cdf[-1]
+        return OffloadDecision(target=np.searchsorted(cdf, u, side="right").astype(np.int64))
+
+
+class WeightedRoundRobin(Policy):
+    """[ours] The capacity split without its dice: station b walks the points u_k = frac(b / B + k * phi),
+    phi = (sqrt(5) - 1) / 2, over its tasks in order (carried across slots), and sends task k to the server
+    whose bin of the capacity CDF holds u_k.
+
+    A golden-ratio stride spreads any run of consecutive points evenly over [0, 1) (the three-distance
+    theorem), so every window of a station's tasks meets server b' about f_b' / sum(f) of the time, where
+    independent draws pile tasks of one slot on one server by chance; the stations' starting points b / B
+    keep their first tasks of an episode apart. It reads no state, only the episode's capacities, like
+    ``proportional``; measured in docs/papers/ladts.md ("What the agents learn")."""
+
+    name = "weighted_rr"
+    STRIDE = (5 ** 0.5 - 1) / 2
+
+    def __init__(self, sim: "LadtsSimulator"):
+        self.sim = sim
+
+    def reset(self, rng: np.random.Generator, oracle: Simulator | None = None) -> None:
+        super().reset(rng, oracle)
+        self.position = np.arange(self.sim.B) / self.sim.B  # per station, in [0, 1)
+
+    def decide(self, view: OffloadView) -> OffloadDecision:
+        src = view.source.astype(np.int64)
+        if src.size == 0:
+            return OffloadDecision(target=np.zeros(0, dtype=np.int64))
+        # k = the row's rank among its station's rows, in row order (rows need not be grouped by station)
+        order = np.argsort(src, kind="stable")
+        grouped = src[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
+        rank = np.empty(src.size, dtype=np.int64)
+        rank[order] = np.arange(src.size) - np.repeat(starts, np.diff(np.r_[starts, src.size]))
+        u = (self.position[src] + self.STRIDE * (rank + 1)) % 1.0
+        self.position = (self.position + self.STRIDE * np.bincount(src, minlength=self.sim.B)) % 1.0
+        cdf = np.cumsum(self.sim.f)
+        target = np.searchsorted(cdf, u * cdf[-1], side="right")
+        return OffloadDecision(target=np.minimum(target, self.sim.B - 1).astype(np.int64))
 
 
 class OptTsPolicy(Policy):
