@@ -356,6 +356,13 @@ class LadtsRoundRobin(RoundRobinPolicy):
         self.next_index = {b: b for b in range(self.num_stations)}
 
 
+def _server_in_capacity_bin(u: np.ndarray, capacity_ghz: np.ndarray) -> np.ndarray:
+    """Server index per point u in [0, 1): [0, 1) cut into one bin per server, of width f_b' / sum(f)."""
+    cdf = np.cumsum(capacity_ghz)
+    target = np.searchsorted(cdf, u * cdf[-1], side="right")
+    return np.minimum(target, len(cdf) - 1).astype(np.int64)  # u * sum(f) may round up to sum(f)
+
+
 class CapacityProportional(Policy):
     """[ours] Each task to server b' drawn with probability f_b' / sum(f), blind to the queues and the task.
 
@@ -371,9 +378,7 @@ class CapacityProportional(Policy):
         self.sim = sim
 
     def decide(self, view: OffloadView) -> OffloadDecision:
-        cdf = np.cumsum(self.sim.f)
-        u = self.rng.random(view.n) * cdf[-1]
-        return OffloadDecision(target=np.searchsorted(cdf, u, side="right").astype(np.int64))
+        return OffloadDecision(target=_server_in_capacity_bin(self.rng.random(view.n), self.sim.f))
 
 
 class WeightedRoundRobin(Policy):
@@ -409,9 +414,7 @@ class WeightedRoundRobin(Policy):
         rank[order] = np.arange(src.size) - np.repeat(starts, np.diff(np.r_[starts, src.size]))
         u = (self.position[src] + self.STRIDE * (rank + 1)) % 1.0
         self.position = (self.position + self.STRIDE * np.bincount(src, minlength=self.sim.B)) % 1.0
-        cdf = np.cumsum(self.sim.f)
-        target = np.searchsorted(cdf, u * cdf[-1], side="right")
-        return OffloadDecision(target=np.minimum(target, self.sim.B - 1).astype(np.int64))
+        return OffloadDecision(target=_server_in_capacity_bin(u, self.sim.f))
 
 
 class OptTsPolicy(Policy):
