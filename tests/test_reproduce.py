@@ -80,6 +80,17 @@ def test_numbers_come_from_the_runs_just_made(quick):
         pt["methods"]["maddpg"]["latency_s"]
 
 
+def test_points_evaluated_in_parallel_give_the_same_numbers(quick):
+    root, res = quick
+    par = run("mato", quick=True, seeds=3, out=root / "report3", runs=root / "runs", **{**TINY, "jobs": 2})
+    assert par["wall_s"]["trained_now"] == 0
+    assert list(par["experiments"]) == list(res["experiments"])
+    for key, e in res["experiments"].items():
+        assert list(par["experiments"][key]["points"]) == list(e["points"])  # the points keep their order
+        for x, pt in e["points"].items():
+            assert par["experiments"][key]["points"][x]["methods"] == pt["methods"], (key, x)
+
+
 def test_report_only_remakes_the_report_from_results_json(quick):
     root, _ = quick
     rep = root / "report"

@@ -276,6 +276,47 @@ def evaluate_point(spec: PaperSpec, settings: Settings, runs: Path, point: Point
     return {"methods": out, "runs": {k: v for k, v in run_dirs.items() if v}}
 
 
+def _evaluate_job(job: dict, spec: PaperSpec | None = None) -> tuple[str, dict, float]:
+    """One point's evaluation with one torch thread (in a worker process, where ``spec`` is looked up by name,
+    or in this one with the thread count restored after), so a report does not depend on ``--jobs``."""
+    import torch
+
+    if spec is None:
+        from policies.reproduce import get_paper
+
+        spec = get_paper(job["paper"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.perf_counter()
+        res = evaluate_point(spec, job["settings"], Path(job["runs"]), job["point"])
+        return job["point"].name, res, time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def evaluate_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point]) -> dict:
+    """point name -> ``evaluate_point``, in the order of ``points``; ``settings.jobs`` points at a time (each
+    point's evaluation is independent: its own simulator, policies and workload seeds)."""
+    jobs = [{"paper": spec.name, "settings": settings, "runs": str(runs), "point": p} for p in points]
+    done: dict[str, dict] = {}
+    if settings.jobs <= 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            name, res, sec = _evaluate_job(job, spec)
+            done[name] = res
+            _msg(f"evaluated {i + 1}/{len(jobs)} {name} in {sec:.0f} s")
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=settings.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futs = [pool.submit(_evaluate_job, j) for j in jobs]
+            for i, fut in enumerate(as_completed(futs)):
+                name, res, sec = fut.result()
+                done[name] = res
+                _msg(f"evaluated {i + 1}/{len(jobs)} {name} in {sec:.0f} s")
+    return {p.name: done[p.name] for p in points}
+
+
 def convergence(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
     """Per trained method: the episode reward of the convergence point's runs, smoothed, mean and
     std over seeds."""
@@ -324,7 +365,7 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
     training = train_all(spec, settings, runs, trained, command)
     _msg("evaluating")
     t_eval = time.perf_counter()
-    evaluated = {p.name: evaluate_point(spec, settings, runs, p) for p in planned}
+    evaluated = evaluate_all(spec, settings, runs, planned)
     eval_s = time.perf_counter() - t_eval
     extra, extra_s = None, 0.0
     if spec.extra is not None:  # the paper's own studies (they may train and evaluate further runs)
