@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int, help="seeds per trained method (default 3)")
     p.add_argument("--out", help="report directory (default reports/PAPER, reports/PAPER-quick with --quick)")
     p.add_argument("--runs", help="run directories root (default runs/reproduce/PAPER[-quick])")
-    p.add_argument("--jobs", type=_positive_int, help="training runs in parallel (default: the paper's setting)")
+    p.add_argument("--jobs", type=_positive_int, help="training runs, then evaluated points, in parallel (default: the paper's setting)")
     p.add_argument("--episodes", type=_positive_int, help="training episodes per run (default: the paper's setting)")
     p.add_argument("--eval-episodes", type=_positive_int, help="evaluation episodes per seed and point")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
