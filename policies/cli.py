@@ -110,7 +110,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         pct = row.get("pct", row["key"] != "convergence_reward")  # rows may say whether they are fractions
         unit = f" {row['unit']}" if row.get("unit") and not pct else ""
         fmt = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.4g}{unit}")
-        print(f"{row['what']}: ours {fmt(row['ours'])}, paper {fmt(row['paper'])} ({row['reference']})")
+        paper = "-" if row["paper"] is None else fmt(row["paper"])  # a row of ours the paper has no number for
+        print(f"{row['what']}: ours {fmt(row['ours'])}, paper {paper} ({row['reference']})")
     if args.report_only:
         print(f"re-made {res['report_dir']}/report.md and the figures from its results.json")
     else:

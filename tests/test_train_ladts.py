@@ -407,7 +407,9 @@ def test_tiny_reproduce_writes_report_results_and_figures(tmp_path):
     assert steps_run["config"]["denoising_steps"] == 3
     assert set(data["convergence"]["methods"]) == set(ALL)
     keys = {r["key"] for r in data["headline"]}
-    assert {"plateau_ladts", "converge_ladts", "best_steps", "episode_wall_s", "episode_cpu_s"} <= keys
+    assert {"plateau_ladts", "converge_ladts", "best_steps", "episode_wall_s", "episode_cpu_s", "N50_weighted_rr",
+            "N50_lad_over_weighted_rr"} <= keys
+    assert all(r["paper"] is None for r in data["headline"] if "weighted_rr" in r["key"])  # ours: no paper number
     text = (rep / "report.md").read_text()
     assert "Fig. 5" in text and "Reduced run" in text and "78 s" in text and "LAD-TS" in text
     split = data["action_split"]  # each trained method's server split against f / sum(f), one episode per seed

@@ -320,6 +320,14 @@ def headline(results: dict) -> list[dict]:
                 if v is not None:
                     rows.append({"key": f"N50_reduction_{b}", "what": f"LAD-TS lower than {lab[b]} (rel. to {lab[b]}), N = 50",
                                  "ours": (v - lad) / v, "paper": pv, "unit": "%", "reference": "Sec. V-C, Fig. 6a"})
+            wrr = _mean(d, "weighted_rr")
+            if wrr is not None:  # ours, not in the paper: the stateless rule of "What the agents learn"
+                rows.append({"key": "N50_weighted_rr", "what": "Weighted RR (ours: stateless, untrained) delay, default "
+                             "scenario (N = 50)", "ours": wrr, "ours_std": d["methods"]["weighted_rr"]["latency_s"]["std"],
+                             "paper": None, "unit": "s", "reference": "not in the paper; report section 'What the agents "
+                             "learn'"})
+                rows.append({"key": "N50_lad_over_weighted_rr", "what": "LAD-TS above Weighted RR (ours), default scenario",
+                             "ours": lad / wrr - 1, "paper": None, "unit": "%", "reference": "not in the paper"})
     z = _point(results, "retrained", "Z=20") or _point(results, "quality", "20")  # retrained there when the run has it
     if z is not None and "ladts" in z["methods"]:
         lad = _mean(z, "ladts")
@@ -457,6 +465,10 @@ def _figures(results: dict, out: Path) -> list[str]:
 
 
 def _fmt_row(r: dict) -> tuple[str, str]:
+    if r["paper"] is None:  # a row of ours with no counterpart in the paper
+        r = {**r, "paper": float("nan")}
+        o, _ = _fmt_row(r)
+        return o, "-"
     if r["unit"] == "%":
         return f"{100 * r['ours']:.2f}%", f"{100 * r['paper']:.2f}%"
     if not math.isfinite(r["ours"]):
