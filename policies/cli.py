@@ -104,6 +104,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 raise UserError(f"--points expects EXPERIMENT=V1,V2, got '{item}'")
             subset[key.strip()] = tuple(int(v) if v.strip().lstrip("-").isdigit() else v.strip() for v in vals.split(","))
         extra["x_subset"] = subset
+    if args.status:
+        from policies.reproduce.core import print_status
+
+        print_status(run(args.paper, quick=args.quick, seeds=args.seeds, out=args.out, runs=args.runs, jobs=args.jobs,
+                         algo_set=_parse_overrides(args.set), status_only=True, **extra))
+        return 0
     res = run(args.paper, quick=args.quick, seeds=args.seeds, out=args.out, runs=args.runs, jobs=args.jobs,
               command=["aigc-offload", *sys.argv[1:]], algo_set=_parse_overrides(args.set), **extra)
     for row in res.get("headline", []):
@@ -342,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only these x values of an experiment (e.g. devices=5,10,20): a reduced run")
     p.add_argument("--report-only", action="store_true",
                    help="re-make report.md and the figures from the existing results.json (no training or evaluation)")
+    p.add_argument("--status", action="store_true",
+                   help="list which training runs of this invocation are finished, partial or not started, and the "
+                        "training time left (trains and evaluates nothing)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("policies", help="regenerate the shipped trained policies (policies/trained/) from the factory "

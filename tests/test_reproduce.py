@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 
 from policies.reproduce import get_paper, run  # noqa: E402
-from policies.reproduce.core import EVAL_SEED_BASE  # noqa: E402
+from policies.reproduce.core import EVAL_SEED_BASE, read_metrics  # noqa: E402
 from policies.reproduce.png import Canvas, read_png_size, text_bitmap  # noqa: E402
 from policies.scenarios.base import METRIC_KEYS  # noqa: E402
 
@@ -89,6 +89,26 @@ def test_points_evaluated_in_parallel_give_the_same_numbers(quick):
         assert list(par["experiments"][key]["points"]) == list(e["points"])  # the points keep their order
         for x, pt in e["points"].items():
             assert par["experiments"][key]["points"][x]["methods"] == pt["methods"], (key, x)
+
+
+def test_status_lists_finished_partial_and_missing_runs_and_the_time_left(quick, capsys):
+    from policies.reproduce.core import print_status
+
+    root, _ = quick
+    st = run("mato", quick=True, seeds=3, runs=root / "runs", status_only=True, **TINY)
+    assert (st["finished"], st["partial"], st["missing"]) == (27, 0, 0) and st["training_left_s"] == 0
+    # asked for 5 episodes and a fourth seed: the 3-episode runs are partial, seed 3 is not started
+    more = run("mato", quick=True, seeds=4, runs=root / "runs", status_only=True, **{**TINY, "episodes": 5})
+    assert (more["finished"], more["partial"], more["missing"]) == (0, 27, 9)
+    part = [r for r in more["runs"] if r["state"] == "partial"]
+    assert all(r["episodes_done"] == 3 and r["episodes"] == 5 for r in part)
+    per_run = [sum(x["episode_s"] for x in read_metrics(Path(r["dir"]))) / 3 for r in part]  # s per episode
+    assert more["training_left_s"] > 2 * min(per_run) * 27 / TINY["jobs"]  # at least its partial runs' 2 episodes
+    assert more["runs_without_estimate"] == 0  # seed 3 is priced at its method's runs of the same point
+    print_status(more)
+    out = capsys.readouterr().out
+    assert "0 finished, 27 partial, 9 not started" in out and "maddpg_s0 3/5" in out
+    assert not list((root / "runs").glob("*/*_s3"))  # status trains nothing
 
 
 def test_report_only_remakes_the_report_from_results_json(quick):

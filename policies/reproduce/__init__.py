@@ -27,8 +27,9 @@ def get_paper(name: str):
 
 def run(paper: str, quick: bool = False, seeds: int | None = None, out: str | Path | None = None,
         runs: str | Path | None = None, jobs: int | None = None, command: list[str] | None = None,
-        algo_set: dict | None = None, **settings: Any) -> dict:
-    """Reproduce ``paper``; ``settings`` override fields of its full (or quick) Settings."""
+        algo_set: dict | None = None, status_only: bool = False, **settings: Any) -> dict:
+    """Reproduce ``paper``; ``settings`` override fields of its full (or quick) Settings. ``status_only``:
+    return which of the invocation's training runs are finished, partial or missing (``core.status``) instead."""
     spec = get_paper(paper)
     out = Path(out) if out else Path("reports") / (paper + ("-quick" if quick else ""))
     runs = Path(runs) if runs else Path("runs") / "reproduce" / (paper + ("-quick" if quick else ""))
@@ -61,6 +62,10 @@ def run(paper: str, quick: bool = False, seeds: int | None = None, out: str | Pa
         if s.x_subset or s.experiments:
             notes.append(f"only the points {s.x_subset or s.experiments}")
         s.reduced = notes
+    if status_only:
+        from policies.reproduce.core import status
+
+        return status(spec, s, runs)
     from policies.reproduce.core import reproduce
 
     res = reproduce(spec, s, out, runs, command or ["aigc-offload", "reproduce", paper] + (["--quick"] if quick else []),

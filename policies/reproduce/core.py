@@ -342,10 +342,8 @@ def convergence(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
 
 
 # -- the command ------------------------------------------------------------------------------------
-def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, command: list[str],
-              mode: str = "full") -> dict:
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+def plan_points(spec: PaperSpec, settings: Settings) -> tuple[list, list, list[Point], list[Point]]:
+    """(experiments, plan of (experiment, x, point), points evaluated, points trained) of one invocation."""
     exps = [e for e in spec.experiments if settings.experiments is None or e.key in settings.experiments]
     plan = []  # (experiment, x, point)
     for e in exps:
@@ -362,6 +360,70 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
         if not any(q.name == src.name for q in points):
             points.append(src)
     trained = [p for p in points if not p.policies_from]  # transferred points train nothing
+    return exps, plan, planned, trained
+
+
+def status(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
+    """Which training runs of an invocation are finished, partial or missing under ``runs``, and the training
+    time left: each unfinished run's missing episodes at the mean seconds per episode of that method's
+    existing runs at the same point (else at any point), over ``settings.jobs`` runs in parallel. Trains
+    nothing, evaluates nothing."""
+    _, _, _, trained = plan_points(spec, settings)
+    per_episode: dict[tuple[str, str], list[float]] = {}  # (point, method) -> seconds per episode of its runs
+    rows = []
+    for p in trained:
+        for m in point_methods(spec, p):
+            if not m.trained:
+                continue
+            for seed in range(settings.seeds):
+                out = runs / p.name / f"{m.key}_s{seed}"
+                done = 0
+                if (out / "metrics.csv").is_file():
+                    metrics = read_metrics(out)
+                    done = len(metrics)
+                    if metrics:
+                        per_episode.setdefault((p.name, m.key), []).extend(r["episode_s"] for r in metrics)
+                state = "finished" if run_finished(out, settings.episodes) else "partial" if done else "missing"
+                rows.append({"point": p.name, "method": m.key, "seed": seed, "dir": str(out), "state": state,
+                             "episodes_done": min(done, settings.episodes), "episodes": settings.episodes})
+    by_method: dict[str, list[float]] = {}
+    for (_, k), v in per_episode.items():
+        by_method.setdefault(k, []).extend(v)
+    left_s, unknown = 0.0, 0
+    for r in rows:
+        if r["state"] == "finished":
+            continue
+        sec = per_episode.get((r["point"], r["method"])) or by_method.get(r["method"])
+        if sec:
+            left_s += (r["episodes"] - r["episodes_done"]) * float(np.mean(sec))
+        else:
+            unknown += 1
+    count = {s: sum(r["state"] == s for r in rows) for s in ("finished", "partial", "missing")}
+    return {"runs": rows, **count, "training_left_s": left_s / max(1, settings.jobs), "runs_without_estimate": unknown}
+
+
+def print_status(st: dict) -> None:
+    points: dict[str, list[dict]] = {}
+    for r in st["runs"]:
+        points.setdefault(r["point"], []).append(r)
+    for name, rs in points.items():
+        fin = sum(r["state"] == "finished" for r in rs)
+        part = [f"{r['method']}_s{r['seed']} {r['episodes_done']}/{r['episodes']}" for r in rs if r["state"] == "partial"]
+        miss = sum(r["state"] == "missing" for r in rs)
+        print(f"{name}: {fin}/{len(rs)} finished" + (f", partial: {', '.join(part)}" if part else "")
+              + (f", {miss} not started" if miss else ""))
+    h = st["training_left_s"] / 3600
+    print(f"{st['finished']} finished, {st['partial']} partial, {st['missing']} not started; training left about "
+          f"{h:.1f} h at the existing runs' seconds per episode" +
+          (f" ({st['runs_without_estimate']} runs of methods with no run yet not counted)" if st["runs_without_estimate"]
+           else ""))
+
+
+def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, command: list[str],
+              mode: str = "full") -> dict:
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    exps, plan, planned, trained = plan_points(spec, settings)
     training = train_all(spec, settings, runs, trained, command)
     _msg("evaluating")
     t_eval = time.perf_counter()
