@@ -139,7 +139,7 @@ def test_execution_tier_starts_niced_in_its_own_autogroup():
     for n in (0, 7):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              start_new_session=True, preexec_fn=functools.partial(start_child, n)).stdout.split()
-        assert int(out[0]) == os.nice(0) + n
+        assert int(out[0]) == min(19, os.nice(0) + n)  # 19 is the ceiling (a test run started niced reaches it)
         assert out[1] in ("none", str(n)), out  # "none": a kernel without autogroups
 
 
