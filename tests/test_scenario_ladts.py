@@ -207,10 +207,11 @@ def test_proportional_draws_servers_in_proportion_to_the_episodes_capacities():
     assert counts[0] > 0 and counts[-1] > 0  # both end bins are reachable
 
 
-def test_weighted_rr_keeps_every_stations_split_close_to_the_capacity_split():
+def _station_server_miss(name: str) -> float:
+    """The largest |tasks station b sent to server b' - its capacity share of station b's tasks| over one episode."""
     sim = _sim()
     sim.reset(sim.generate_workload(episode_rng(0, 0, 0), 0))
-    pol = make_policy("weighted_rr", sim)
+    pol = make_policy(name, sim)
     pol.reset(np.random.default_rng(0))
     counts = np.zeros((sim.B, sim.B))  # station x server
     while not sim.done:
@@ -218,12 +219,15 @@ def test_weighted_rr_keeps_every_stations_split_close_to_the_capacity_split():
         dec = pol.decide(view)
         np.add.at(counts, (view.source, dec.target), 1)
         sim.step(dec)
-    p = sim.f / sim.f.sum()
-    expected = counts.sum(axis=1, keepdims=True) * p
-    # ~1,500 tasks per station: independent draws (`proportional`) miss by up to ~29 tasks on some server (seed
-    # 0), the golden-ratio walk by ~2
-    assert np.abs(counts - expected).max() < 3.0
     assert np.all(counts > 0)
+    return float(np.abs(counts - counts.sum(axis=1, keepdims=True) * sim.f / sim.f.sum()).max())
+
+
+def test_weighted_rr_keeps_every_stations_split_close_to_the_capacity_split():
+    # ~1,500 tasks per station: the golden-ratio walk stays within 3 tasks of every expected count, where
+    # independent draws of the same split (`proportional`) miss by ~29 on some server (seed 0)
+    assert _station_server_miss("weighted_rr") < 3.0
+    assert _station_server_miss("proportional") > 10.0
 
 
 def test_weighted_rr_ranks_rows_within_their_station_whatever_the_row_order():
