@@ -193,26 +193,30 @@ def check_reused_run(out: Path, algo: str, scenario: str, overrides: Mapping[str
                         "--runs root, or remove the run to train it again")
 
 
-def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point], command: list[str]) -> dict:
-    jobs = []
+def training_runs(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point]):
+    """(point, method, seed, run directory) of every training run of ``points``, in plan order."""
     for point in points:
         for m in point_methods(spec, point):
-            if not m.trained:
-                continue
-            for seed in range(settings.seeds):
-                out = runs / point.name / f"{m.key}_s{seed}"
-                overrides = {**settings.preset_overrides, **point.preset_overrides, **settings.algo_overrides,
-                             **point.algo_overrides}
-                if run_finished(out, settings.episodes):
-                    check_reused_run(out, m.key, spec.scenario, overrides, settings.episodes)
-                    continue
-                jobs.append({"algo": m.key, "scenario": spec.scenario, "seed": seed, "out": str(out),
-                             "episodes": settings.episodes, "command": command, "overrides": overrides})
+            if m.trained:
+                for seed in range(settings.seeds):
+                    yield point, m, seed, runs / point.name / f"{m.key}_s{seed}"
+
+
+def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point], command: list[str]) -> dict:
+    jobs = []
+    for point, m, seed, out in training_runs(spec, settings, runs, points):
+        overrides = {**settings.preset_overrides, **point.preset_overrides, **settings.algo_overrides,
+                     **point.algo_overrides}
+        if run_finished(out, settings.episodes):
+            check_reused_run(out, m.key, spec.scenario, overrides, settings.episodes)
+            continue
+        jobs.append({"algo": m.key, "scenario": spec.scenario, "seed": seed, "out": str(out),
+                     "episodes": settings.episodes, "command": command, "overrides": overrides})
     # the costliest first (critic cost grows ~ M^2): the shortest makespan with parallel jobs
     # (the convergence point first: its curves show early whether training works)
     jobs.sort(key=lambda j: (Path(j["out"]).parent.name != spec.convergence_point,
                              -int(j["overrides"].get("num_devices", 10))))
-    total = sum(1 for p in points for m in point_methods(spec, p) if m.trained for _ in range(settings.seeds))
+    total = sum(1 for _ in training_runs(spec, settings, runs, points))
     _msg(f"{total} training runs, {total - len(jobs)} finished and reused, {len(jobs)} to train or resume "
          f"({settings.jobs} in parallel)")
     t0 = time.perf_counter()
@@ -371,21 +375,16 @@ def status(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
     _, _, _, trained = plan_points(spec, settings)
     per_episode: dict[tuple[str, str], list[float]] = {}  # (point, method) -> seconds per episode of its runs
     rows = []
-    for p in trained:
-        for m in point_methods(spec, p):
-            if not m.trained:
-                continue
-            for seed in range(settings.seeds):
-                out = runs / p.name / f"{m.key}_s{seed}"
-                done = 0
-                if (out / "metrics.csv").is_file():
-                    metrics = read_metrics(out)
-                    done = len(metrics)
-                    if metrics:
-                        per_episode.setdefault((p.name, m.key), []).extend(r["episode_s"] for r in metrics)
-                state = "finished" if run_finished(out, settings.episodes) else "partial" if done else "missing"
-                rows.append({"point": p.name, "method": m.key, "seed": seed, "dir": str(out), "state": state,
-                             "episodes_done": min(done, settings.episodes), "episodes": settings.episodes})
+    for p, m, seed, out in training_runs(spec, settings, runs, trained):
+        done = 0
+        if (out / "metrics.csv").is_file():
+            metrics = read_metrics(out)
+            done = len(metrics)
+            if metrics:
+                per_episode.setdefault((p.name, m.key), []).extend(r["episode_s"] for r in metrics)
+        state = "finished" if run_finished(out, settings.episodes) else "partial" if done else "missing"
+        rows.append({"point": p.name, "method": m.key, "seed": seed, "dir": str(out), "state": state,
+                     "episodes_done": min(done, settings.episodes), "episodes": settings.episodes})
     by_method: dict[str, list[float]] = {}
     for (_, k), v in per_episode.items():
         by_method.setdefault(k, []).extend(v)
@@ -446,17 +445,12 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
                               "x_values": [str(x) for x, p in zip(e.x_values, e.points) if str(x) in pts],
                               "points": pts}
     runs_info = {}
-    for p in trained:
-        for m in point_methods(spec, p):
-            if m.trained:
-                for seed in range(settings.seeds):
-                    d = runs / p.name / f"{m.key}_s{seed}"
-                    s = run_summary(d)
-                    runs_info[str(d)] = {"point": p.name, "algo": m.key, "seed": seed,
-                                         "episodes": s["episodes"], "train_wall_s": s["train_wall_s"],
-                                         "episode_s_mean": s["episode_s_mean"],
-                                         "preset_hash": s["config"]["preset_hash"],
-                                         "trained_this_invocation": str(d) in training["sessions"]}
+    for p, m, seed, d in training_runs(spec, settings, runs, trained):
+        s = run_summary(d)
+        runs_info[str(d)] = {"point": p.name, "algo": m.key, "seed": seed, "episodes": s["episodes"],
+                             "train_wall_s": s["train_wall_s"], "episode_s_mean": s["episode_s_mean"],
+                             "preset_hash": s["config"]["preset_hash"],
+                             "trained_this_invocation": str(d) in training["sessions"]}
     results = {
         "paper": spec.name, "title": spec.title, "source": spec.source, "mode": mode, "command": command,
         "settings": {k: v for k, v in asdict(settings).items()},
