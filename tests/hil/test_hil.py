@@ -128,7 +128,9 @@ def test_factory_main_job_runs_devices_over_both_protocols_and_reports(tmp_path)
         assert rep[kind]["requests"] > 0, rep
         assert rep[kind]["terminal"] == rep[kind]["requests"], rep
     o = rep["overall"]
-    assert o["duplicate_terminal_results"] == 0 and rep["results_for_unknown_tasks"] == 0, rep
+    # a request the monitor missed (Fast-DDS#3822) is counted from its result, under its device's kind
+    assert o["duplicate_terminal_results"] == 0 and "unknown" not in rep, rep
+    assert rep["requests_missed_by_monitor"] <= 2, rep
     assert sum(o["states"].values()) == o["terminal"] and 0.0 <= o["completion_rate"] <= 1.0
     assert "controller" in p.stdout and "camera" in p.stdout and "MCAP recording" in p.stdout
     with open(logs / "factory.mcap", "rb") as f:
