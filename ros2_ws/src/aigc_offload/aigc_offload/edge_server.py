@@ -36,13 +36,13 @@ from pathlib import Path
 
 import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from aigc_offload_interfaces.msg import EdgeServerStatus, TaskResult
 from aigc_offload_interfaces.srv import FetchModelChunk, ListModels, SubmitTask
 
-from .lifecycle_main import Autostart, run_node, settle_heap
+from .lifecycle_main import Autostart, run_node, settle_heap, spin_until_shutdown
 from .cloud_model_server import ros_fetch_chunk
 from .deployment import TASK_QUEUE_DEPTH, CLOUD_NODE, EXECUTION_RESULT_TOPIC, STATUS_TOPIC
 from .edge_core import EdgeServerCore, EdgeTask, ModelCache, PeerStatus, RecentAcks
@@ -69,16 +69,7 @@ class EdgeServer(Autostart, LifecycleNode):
         self._io_node.destroy_node()
 
     def _spin_io(self) -> None:
-        try:
-            self._io_executor.spin()
-        except ExternalShutdownException:
-            pass
-        except Exception:  # noqa: BLE001
-            # A SIGTERM shuts the context down while this executor builds its next wait set; rclpy
-            # then raises RCLError instead of ExternalShutdownException. Only that case is quiet.
-            if self.context.ok():
-                raise
-
+        spin_until_shutdown(self._io_executor, self.context)
 
     def __init__(self, node_name: str = "edge_server", **kwargs):
         super().__init__(node_name, **kwargs)

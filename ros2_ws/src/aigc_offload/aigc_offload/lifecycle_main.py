@@ -54,6 +54,20 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def spin_until_shutdown(executor, context) -> None:
+    """``executor.spin()`` until the context shuts down. A signal shuts the context down
+    asynchronously; when that lands while the executor builds its next wait set rclpy raises
+    RCLError ("the given context is not valid") instead of ExternalShutdownException (ros2/ros2cli#854,
+    ros-visualization/rqt#357). That case is a shutdown too; an RCLError with the context alive is not."""
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+    except RuntimeError:  # RCLError derives from it
+        if context.ok():
+            raise
+
+
 def run_node(make_node: Callable[[], object], make_executor: Callable[[], object],
              args: list[str] | None = None) -> int:
     rclpy.init(args=args)  # rclpy's handlers turn SIGINT and SIGTERM into a context shutdown
@@ -64,8 +78,8 @@ def run_node(make_node: Callable[[], object], make_executor: Callable[[], object
         name = node.get_name()  # kept: after a context shutdown the node's handle may be gone
         executor = make_executor()
         executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        spin_until_shutdown(executor, node.context)
+    except KeyboardInterrupt:
         pass
     finally:
         if node is not None:
