@@ -168,7 +168,8 @@ def run_factory(dep: Deployment, *, duration_s: float | None, max_tasks: int | N
     print(f"factory: {len(run.ctrl)} controllers over OPC UA, {len(run.cams)} cameras over MQTT, "
           f"{len(run.plant.edges)} edge servers, policy {dep.gateway.policy}; run directory {workdir}",
           file=out, flush=True)
-    rc = _watch(run, duration_s, max_tasks, record, report_path, out, progress)
+    with run:
+        rc = _watch(run, duration_s, max_tasks, record, report_path, out, progress)
     print(f"factory: stopped after {time.time() - t_start:.1f} s", file=out, flush=True)
     return rc
 
@@ -185,8 +186,7 @@ def _watch(run: PlantRun, duration_s, max_tasks, record, report_path, out, progr
     from .factory_report import RunMonitor, format_report
     from .recorder import McapRecorder
 
-    plant, cams, workdir = run.plant, run.cams, run.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
+    dep, plant, graph, cams, workdir = run.run_dep, run.plant, run.graph, run.cams, run.workdir
     rclpy.init()
     node = rclpy.create_node(f"factory_monitor_{uuid.uuid4().hex[:6]}")
     ex = SingleThreadedExecutor()  # the events executor drops raw (serialized) subscriptions' messages here
@@ -198,8 +198,9 @@ def _watch(run: PlantRun, duration_s, max_tasks, record, report_path, out, progr
            for s in (signal.SIGINT, signal.SIGTERM)}
     rc = 0
     try:
-        # Transient-local: should discovery still match this node after an ingress's first requests, the
-        # publishers keep them for a late joiner (and factory_report counts one whose replay was lost).
+        # Transient-local: the controllers' first requests cross ROS as soon as the ingress connects,
+        # which on a loaded machine can be before discovery has matched this node to the ingress;
+        # the publishers keep them for a late joiner (a result for a request never seen was the symptom).
         task_qos = {t: task_stream_qos() for t in (REQUEST_TOPIC, DECISION_TOPIC, RESULT_TOPIC)}
         node.create_subscription(TaskRequest, REQUEST_TOPIC, monitor.on_request, task_qos[REQUEST_TOPIC])
         node.create_subscription(Decision, DECISION_TOPIC, monitor.on_decision, task_qos[DECISION_TOPIC])
@@ -211,74 +212,68 @@ def _watch(run: PlantRun, duration_s, max_tasks, record, report_path, out, progr
         ready = GatewayReadiness(node, len(plant.edges))
         ingress = IngressReadiness(node, len(run.ctrl)) if run.ctrl else None
         threading.Thread(target=ex.spin, daemon=True).start()  # after every entity is created
-        # The plant starts after the monitor exists: the ingresses' publishers then match its readers
-        # before their first request instead of relying on the transient-local replay alone.
-        with run:
-            dep, graph = run.run_dep, run.graph
-            if not graph.wait_ready(ready, 120.0):
-                why = (graph.failure_summary()
-                       or "the gateway did not report every edge server alive within 120 s")
-                print(f"factory: the graph did not come up; logs in {workdir}\n{why}", file=sys.stderr)
-                return 1
-            # The clock starts once the ingress has connected to every controller (each controller starts
-            # its arrival process when the ingress subscribes to it, --start-when-subscribed; on a busy
-            # machine the secure sessions take seconds to open).
-            if ingress is not None and not ingress.wait(CONTROLLERS_WAIT_S):
-                got = ingress.connected or f"0/{len(run.ctrl)}"
-                print(f"factory: warning: the OPC UA ingress connected {got} "
-                      f"controllers within {CONTROLLERS_WAIT_S:g} s; starting anyway (it keeps reconnecting)",
-                      file=sys.stderr, flush=True)
-            # The cameras start once the bridge is up.
-            if cams:
-                run.start_camera_process()
-            print("factory: graph up; devices asking for tasks", file=out, flush=True)
-            t0 = time.monotonic()
-            last = 0.0
-            while stop["signal"] is None:
-                now = time.monotonic()
-                n, _term, _done = monitor.counts()
-                if duration_s is not None and now - t0 >= duration_s:
-                    break
-                if max_tasks is not None and n >= max_tasks:
-                    break
-                failed = [p for p in graph.failed()]
-                if failed:
-                    for p in failed:
-                        print(f"factory: node {p.spec.name} exited with {p.returncode}:\n{graph.tail(p.spec.name)}",
-                              file=sys.stderr)
-                    rc = 1
-                    break
-                if progress and now - last >= 1.0:
-                    print("\r" + monitor.progress_line(), end="", file=out, flush=True)
-                    last = now
-                time.sleep(0.1)
-            # Stop the devices (no new requests), let the tasks in flight reach their terminal state.
-            run.stop_devices()
-            from policies.config import load_preset
+        if not graph.wait_ready(ready, 120.0):
+            why = graph.failure_summary() or "the gateway did not report every edge server alive within 120 s"
+            print(f"factory: the graph did not come up; logs in {workdir}\n{why}", file=sys.stderr)
+            return 1
+        # The clock starts once the ingress has connected to every controller (each controller starts
+        # its arrival process when the ingress subscribes to it, --start-when-subscribed; on a busy
+        # machine the secure sessions take seconds to open).
+        if ingress is not None and not ingress.wait(CONTROLLERS_WAIT_S):
+            print(f"factory: warning: the OPC UA ingress connected {ingress.connected or '0/' + str(len(run.ctrl))} "
+                  f"controllers within {CONTROLLERS_WAIT_S:g} s; starting anyway (it keeps reconnecting)",
+                  file=sys.stderr, flush=True)
+        # The cameras start once the bridge is up.
+        if cams:
+            run.start_camera_process()
+        print("factory: graph up; devices asking for tasks", file=out, flush=True)
+        t0 = time.monotonic()
+        last = 0.0
+        while stop["signal"] is None:
+            now = time.monotonic()
+            n, _term, _done = monitor.counts()
+            if duration_s is not None and now - t0 >= duration_s:
+                break
+            if max_tasks is not None and n >= max_tasks:
+                break
+            failed = [p for p in graph.failed()]
+            if failed:
+                for p in failed:
+                    print(f"factory: node {p.spec.name} exited with {p.returncode}:\n{graph.tail(p.spec.name)}",
+                          file=sys.stderr)
+                rc = 1
+                break
+            if progress and now - last >= 1.0:
+                print("\r" + monitor.progress_line(), end="", file=out, flush=True)
+                last = now
+            time.sleep(0.1)
+        # Stop the devices (no new requests), let the tasks in flight reach their terminal state.
+        run.stop_devices()
+        from policies.config import load_preset
 
-            pre = load_preset(dep.preset)
-            grace = max(pre.report_deadline_s, pre.image_deadline_s) + dep.gateway.result_grace_s + 3.0
-            end = time.monotonic() + grace
-            while time.monotonic() < end:
-                n, term, _ = monitor.counts()
-                if term >= n:
-                    break
-                time.sleep(0.1)
-            if progress:
-                print("\r" + monitor.progress_line(), file=out, flush=True)
-            rep = monitor.report()
-            rep["deployment"] = {"preset": dep.preset, "seed": dep.seed, "policy": dep.gateway.policy,
-                                 "controllers": len(run.ctrl), "cameras": len(cams),
-                                 "edge_servers": len(plant.edges)}
-            if recorder is not None:
-                rep["recording"] = {"path": str(record), "messages": dict(recorder.counts)}
-            print(format_report(rep), file=out, flush=True)
-            if report_path is not None:
-                report_path.write_text(json.dumps(rep, indent=1))
-                print(f"factory: report written to {report_path}", file=out)
-            if record is not None:
-                print(f"factory: MCAP recording {record} (open it in Foxglove)", file=out)
-            return rc
+        pre = load_preset(dep.preset)
+        grace = max(pre.report_deadline_s, pre.image_deadline_s) + dep.gateway.result_grace_s + 3.0
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            n, term, _ = monitor.counts()
+            if term >= n:
+                break
+            time.sleep(0.1)
+        if progress:
+            print("\r" + monitor.progress_line(), file=out, flush=True)
+        rep = monitor.report()
+        rep["deployment"] = {"preset": dep.preset, "seed": dep.seed, "policy": dep.gateway.policy,
+                             "controllers": len(run.ctrl), "cameras": len(cams),
+                             "edge_servers": len(plant.edges)}
+        if recorder is not None:
+            rep["recording"] = {"path": str(record), "messages": dict(recorder.counts)}
+        print(format_report(rep), file=out, flush=True)
+        if report_path is not None:
+            report_path.write_text(json.dumps(rep, indent=1))
+            print(f"factory: report written to {report_path}", file=out)
+        if record is not None:
+            print(f"factory: MCAP recording {record} (open it in Foxglove)", file=out)
+        return rc
     finally:
         if recorder is not None:
             recorder.close()
