@@ -82,6 +82,8 @@ def test_numbers_come_from_the_runs_just_made(quick):
 
 def test_points_evaluated_in_parallel_give_the_same_numbers(quick):
     root, res = quick
+    for cache in (root / "runs").glob("*/evaluation.*.json"):  # evaluate again, two points at a time
+        cache.unlink()
     par = run("mato", quick=True, seeds=3, out=root / "report3", runs=root / "runs", **{**TINY, "jobs": 2})
     assert par["wall_s"]["trained_now"] == 0
     assert list(par["experiments"]) == list(res["experiments"])
@@ -89,6 +91,46 @@ def test_points_evaluated_in_parallel_give_the_same_numbers(quick):
         assert list(par["experiments"][key]["points"]) == list(e["points"])  # the points keep their order
         for x, pt in e["points"].items():
             assert par["experiments"][key]["points"][x]["methods"] == pt["methods"], (key, x)
+
+
+def test_a_point_is_evaluated_and_cached_once_its_runs_finish_and_the_cache_outlives_the_checkpoints(quick, tmp_path):
+    import shutil
+
+    from policies.errors import UserError
+    from policies.reproduce.core import eval_cache_path
+
+    root, res = quick
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    pt = res["experiments"]["model_types"]["points"]["6"]
+    cache = json.loads(eval_cache_path(runs, pt["point"], pt["point"]).read_text())
+    assert cache["key"]["seeds"] == 3 and cache["key"]["eval_episodes"] == 1
+    assert cache["key"]["runs"]["maddpg_s1"]["episodes"] == 3
+    assert cache["result"]["methods"]["maddpg"]["latency_s"] == pt["methods"]["maddpg"]["latency_s"]
+    # a runs root kept without its checkpoints (metrics and configs only): the runs are finished, the numbers cached
+    for ckpt in runs.glob("*/*/checkpoint.pt"):
+        ckpt.unlink()
+    # an invocation that was stopped before its end (its progress record is left behind) is logged as such
+    (runs / "invocation.current.json").write_text(json.dumps(
+        {"command": ["aigc-offload", "reproduce", "mato"], "mode": "full", "started": "2026-01-01 00:00:00",
+         "wall_s": 60.0, "trained_now": 2, "training_s": 59.0, "updated": "2026-01-01 00:01:00"}))
+    again = run("mato", quick=True, seeds=3, out=tmp_path / "report", runs=runs, **TINY)
+    assert again["wall_s"]["trained_now"] == 0 and again["wall_s"]["reused"] == 27
+    stopped = again["invocations"][-2]
+    assert stopped["trained_now"] == 2 and stopped["note"] == \
+        "stopped before its end; its last record was at 2026-01-01 00:01:00 UTC"
+    assert not (runs / "invocation.current.json").exists()
+    assert "stopped before its end" in (tmp_path / "report" / "report.md").read_text()
+    for key, e in res["experiments"].items():
+        for x, p in e["points"].items():
+            assert again["experiments"][key]["points"][x]["methods"] == p["methods"], (key, x)
+    # other evaluation settings need the checkpoints: a sentence naming the point and the run, not a retrain
+    with pytest.raises(UserError, match="has no checkpoint.pt"):
+        run("mato", quick=True, seeds=3, out=tmp_path / "report2", runs=runs, **{**TINY, "eval_episodes": 2})
+    # a run whose point was never evaluated and whose checkpoint is gone is not finished: it trains again
+    eval_cache_path(runs, pt["point"], pt["point"]).unlink()
+    st = run("mato", quick=True, seeds=3, runs=runs, status_only=True, **TINY)
+    assert st["missing"] == 0 and {r["point"] for r in st["runs"] if r["state"] != "finished"} == {pt["point"]}
 
 
 def test_status_lists_finished_partial_and_missing_runs_and_the_time_left(quick, capsys):

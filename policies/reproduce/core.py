@@ -7,6 +7,13 @@ Run directories: ``<runs>/<point>/<algo>_s<seed>`` (``<runs>`` defaults to ``run
 ``runs/reproduce/<paper>-quick`` for ``--quick``). A finished run (its checkpoint holds every requested
 episode) is reused, an unfinished one resumed (``aigc-offload train`` semantics).
 
+Evaluation cache: a point is evaluated as soon as the runs it evaluates are finished (while other runs still
+train), and its result is kept in ``<runs>/<source point>/evaluation.<point>.json`` with the key it was made
+under (seeds, evaluation episodes, preset, methods, and each run's settings and episode count). A later
+invocation with the same key reuses it, so a finished run whose ``checkpoint.pt`` is gone (a runs root kept
+in git holds only ``config.json`` and ``metrics.csv``: a LAD-TS checkpoint is ~15 MB) still counts as
+finished and its point's numbers stay the ones measured. Another key needs the checkpoints again.
+
 Transferred points (``Point.policies_from``): a point may train nothing and evaluate the runs of another
 point (by name) under its own preset overrides, e.g. a sweep of an environment parameter evaluated with the
 policies trained at the default scene. ``results.json`` records ``policies_from`` per point (None: the point's
@@ -25,7 +32,7 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -124,6 +131,9 @@ class PaperSpec:
     # optional studies beyond method x point evaluations (e.g. hyperparameter curves, per-type metrics):
     # (spec, settings, runs, command) -> dict stored as results["extra"] before the report is written
     extra: Callable[..., dict] | None = None
+    # a paper's own numbers of one point that need its trained policies (not only their metrics):
+    # (spec, settings, runs, point) -> dict | None, kept as the point's "extra" and cached with its evaluation
+    point_extra: Callable[..., dict | None] | None = None
 
     def method(self, key: str) -> Method:
         return next(m for m in self.methods if m.key == key)
@@ -144,9 +154,21 @@ def _train_job(job: dict) -> dict:
     return {"out": str(out), "session_s": time.perf_counter() - t0}
 
 
+EVAL_CACHE = "evaluation.{point}.json"
+
+
+def eval_cache_path(runs: Path, source: str, point: str) -> Path:
+    return runs / source / EVAL_CACHE.format(point=point)
+
+
 def run_finished(out: Path, episodes: int) -> bool:
+    """Every requested episode is in ``metrics.csv``, and the policy is there to evaluate (``checkpoint.pt``) or
+    its point's evaluation is cached (the checkpoint was dropped after it, see the module docstring)."""
     path = out / "metrics.csv"
-    if not (out / "checkpoint.pt").exists() or not path.exists():
+    if not path.exists() or not (out / "config.json").exists():
+        return False
+    if not (out / "checkpoint.pt").exists() and not eval_cache_path(out.parent.parent, out.parent.name,
+                                                                     out.parent.name).exists():
         return False
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -202,7 +224,11 @@ def training_runs(spec: PaperSpec, settings: Settings, runs: Path, points: list[
                     yield point, m, seed, runs / point.name / f"{m.key}_s{seed}"
 
 
-def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point], command: list[str]) -> dict:
+def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point], command: list[str],
+              evaluate: list[Point] = (), on_trained: Callable[[int, float], None] | None = None) -> dict:
+    """Train (or resume) every unfinished run of ``points``, ``settings.jobs`` at a time; each point of
+    ``evaluate`` whose evaluation is not cached is evaluated, and cached, as soon as the runs it evaluates are
+    finished (before the training runs still waiting)."""
     jobs = []
     for point, m, seed, out in training_runs(spec, settings, runs, points):
         overrides = {**settings.preset_overrides, **point.preset_overrides, **settings.algo_overrides,
@@ -221,22 +247,75 @@ def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Poin
          f"({settings.jobs} in parallel)")
     t0 = time.perf_counter()
     sessions: dict[str, float] = {}
+    waiting = {str(j["out"]) for j in jobs}
+    to_evaluate = [p for p in evaluate if cached_evaluation(spec, settings, runs, p) is None]
+    eval_s = 0.0
+
+    def ready_evaluations() -> list[dict]:
+        ready = []
+        for p in list(to_evaluate):
+            src = policy_source(spec, p)
+            if not any(str(d) in waiting for q, _, _, d in training_runs(spec, settings, runs, [src])):
+                _check_evaluable(spec, settings, runs, p)
+                to_evaluate.remove(p)
+                ready.append({"paper": spec.name, "settings": settings, "runs": str(runs), "point": p})
+        return ready
+
+    def finished_training(res: dict, n: int) -> None:
+        sessions[res["out"]] = res["session_s"]
+        waiting.discard(res["out"])
+        _msg(f"trained {n}/{len(jobs)} {res['out']} in {res['session_s']:.0f} s")
+        if on_trained is not None:
+            on_trained(n, time.perf_counter() - t0)
+
+    def finished_evaluation(name: str, point: Point, res: dict, sec: float) -> None:
+        nonlocal eval_s
+        eval_s += sec
+        write_cached_evaluation(spec, settings, runs, point, res)
+        _msg(f"evaluated {name} in {sec:.0f} s (cached while training)")
+
+    trained = 0
     if settings.jobs <= 1:
-        for i, job in enumerate(jobs):
-            res = _train_job(job)
-            sessions[res["out"]] = res["session_s"]
-            _msg(f"trained {i + 1}/{len(jobs)} {job['out']} in {res['session_s']:.0f} s")
-    elif jobs:
+        queue = list(jobs)
+        while queue or to_evaluate:
+            ready = ready_evaluations()
+            for ev in ready:
+                name, res, sec = _evaluate_job(ev, spec)
+                finished_evaluation(name, ev["point"], res, sec)
+            if queue:
+                trained += 1
+                finished_training(_train_job(queue.pop(0)), trained)
+            elif not ready:
+                break
+    else:
         import multiprocessing as mp
 
+        queue = list(jobs)
         with ProcessPoolExecutor(max_workers=settings.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futs = {pool.submit(_train_job, j): j for j in jobs}
-            for i, fut in enumerate(as_completed(futs)):
-                res = fut.result()
-                sessions[res["out"]] = res["session_s"]
-                _msg(f"trained {i + 1}/{len(jobs)} {res['out']} in {res['session_s']:.0f} s")
+            running: dict = {}  # future -> ("train", job) | ("eval", job)
+            evals: list[dict] = []
+            while queue or running or evals:
+                evals += ready_evaluations()
+                while len(running) < settings.jobs and (evals or queue):
+                    if evals:  # a ready point first: its numbers are safe once cached
+                        ev = evals.pop(0)
+                        running[pool.submit(_evaluate_job, ev)] = ("eval", ev)
+                    else:
+                        job = queue.pop(0)
+                        running[pool.submit(_train_job, job)] = ("train", job)
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    kind, job = running.pop(fut)
+                    if kind == "train":
+                        trained += 1
+                        finished_training(fut.result(), trained)
+                    else:
+                        name, res, sec = fut.result()
+                        finished_evaluation(name, job["point"], res, sec)
     return {"trained_now": len(jobs), "reused": total - len(jobs), "wall_s": time.perf_counter() - t0,
-            "sessions": sessions}
+            "sessions": sessions, "evaluation_s": eval_s}
 
 
 # -- evaluation -------------------------------------------------------------------------------------
@@ -277,7 +356,11 @@ def evaluate_point(spec: PaperSpec, settings: Settings, runs: Path, point: Point
     for m in methods:
         keys = per[m.key][0].keys()
         out[m.key] = {k: _stats([r[k] for r in per[m.key]]) for k in keys}
-    return {"methods": out, "runs": {k: v for k, v in run_dirs.items() if v}}
+    res = {"methods": out, "runs": {k: v for k, v in run_dirs.items() if v}}
+    extra = spec.point_extra(spec, settings, runs, point) if spec.point_extra is not None else None
+    if extra:
+        res["extra"] = extra
+    return res
 
 
 def _evaluate_job(job: dict, spec: PaperSpec | None = None) -> tuple[str, dict, float]:
@@ -299,15 +382,79 @@ def _evaluate_job(job: dict, spec: PaperSpec | None = None) -> tuple[str, dict, 
         torch.set_num_threads(threads)
 
 
+def evaluation_key(spec: PaperSpec, settings: Settings, runs: Path, point: Point) -> dict:
+    """What a point's evaluation depends on: the paper, seeds, evaluation episodes, the preset it is evaluated
+    under, its methods, and each evaluated run's algorithm, preset hash, config and episode count."""
+    src = policy_source(spec, point)
+    trained = {}
+    for m in point_methods(spec, point):
+        if m.trained:
+            for seed in range(settings.seeds):
+                d = runs / src.name / f"{m.key}_s{seed}"
+                cfg = json.loads((d / "config.json").read_text())
+                trained[d.name] = {"algo": cfg.get("algo"), "preset_hash": cfg.get("preset_hash"),
+                                   "config": cfg.get("config"), "episodes": len(read_metrics(d))}
+    key = {"paper": spec.name, "point": point.name, "policies_from": src.name, "seeds": settings.seeds,
+           "eval_episodes": settings.eval_episodes,
+           "preset_overrides": {**settings.preset_overrides, **point.preset_overrides},
+           "methods": [m.key for m in point_methods(spec, point)], "runs": trained}
+    return json.loads(json.dumps(key, default=float))  # as read back from the file
+
+
+def cached_evaluation(spec: PaperSpec, settings: Settings, runs: Path, point: Point) -> dict | None:
+    """The point's cached evaluation if it was made under this invocation's key, else None."""
+    path = eval_cache_path(runs, policy_source(spec, point).name, point.name)
+    try:
+        data = json.loads(path.read_text())
+        return data["result"] if data["key"] == evaluation_key(spec, settings, runs, point) else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def write_cached_evaluation(spec: PaperSpec, settings: Settings, runs: Path, point: Point, result: dict) -> None:
+    path = eval_cache_path(runs, policy_source(spec, point).name, point.name)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": evaluation_key(spec, settings, runs, point), "result": result}, indent=1,
+                              default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_evaluable(spec: PaperSpec, settings: Settings, runs: Path, point: Point) -> None:
+    src = policy_source(spec, point)
+    for m in point_methods(spec, point):
+        if not m.trained:
+            continue
+        for seed in range(settings.seeds):
+            d = runs / src.name / f"{m.key}_s{seed}"
+            if not (d / "checkpoint.pt").exists():
+                raise UserError(f"point '{point.name}' must be evaluated again (no evaluation of it is cached under "
+                                f"this invocation's settings in {eval_cache_path(runs, src.name, point.name)}), but "
+                                f"run '{d}' has no checkpoint.pt (only its metrics were kept): remove the point's "
+                                "runs to train them again, or use the settings the cached evaluation was made with")
+
+
 def evaluate_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point]) -> dict:
-    """point name -> ``evaluate_point``, in the order of ``points``; ``settings.jobs`` points at a time (each
-    point's evaluation is independent: its own simulator, policies and workload seeds)."""
-    jobs = [{"paper": spec.name, "settings": settings, "runs": str(runs), "point": p} for p in points]
+    """point name -> ``evaluate_point``, in the order of ``points``: the cached evaluation where it was made under
+    this invocation's key, else evaluated (``settings.jobs`` points at a time; each point's evaluation is
+    independent: its own simulator, policies and workload seeds) and cached."""
     done: dict[str, dict] = {}
+    todo = []
+    for p in points:
+        cached = cached_evaluation(spec, settings, runs, p)
+        if cached is not None:
+            done[p.name] = cached
+        else:
+            _check_evaluable(spec, settings, runs, p)
+            todo.append(p)
+    if len(todo) < len(points):
+        _msg(f"{len(points) - len(todo)} of {len(points)} points' evaluations cached")
+    jobs = [{"paper": spec.name, "settings": settings, "runs": str(runs), "point": p} for p in todo]
+    by_name = {p.name: p for p in todo}
     if settings.jobs <= 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs):
             name, res, sec = _evaluate_job(job, spec)
             done[name] = res
+            write_cached_evaluation(spec, settings, runs, by_name[name], res)
             _msg(f"evaluated {i + 1}/{len(jobs)} {name} in {sec:.0f} s")
     else:
         import multiprocessing as mp
@@ -317,6 +464,7 @@ def evaluate_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[P
             for i, fut in enumerate(as_completed(futs)):
                 name, res, sec = fut.result()
                 done[name] = res
+                write_cached_evaluation(spec, settings, runs, by_name[name], res)
                 _msg(f"evaluated {i + 1}/{len(jobs)} {name} in {sec:.0f} s")
     return {p.name: done[p.name] for p in points}
 
@@ -423,11 +571,34 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     exps, plan, planned, trained = plan_points(spec, settings)
-    training = train_all(spec, settings, runs, trained, command)
+    runs.mkdir(parents=True, exist_ok=True)
+    log, current = runs / "invocations.jsonl", runs / "invocation.current.json"
+    if current.exists():  # an invocation that stopped before its end (killed, or the machine's session ended)
+        try:
+            stale = json.loads(current.read_text())
+            stale["note"] = f"stopped before its end; its last record was at {stale.pop('updated')} UTC"
+            with log.open("a") as fh:
+                fh.write(json.dumps(stale) + "\n")
+        except (OSError, ValueError, KeyError):
+            pass
+        current.unlink()
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+
+    def record(trained_now: int, training_s: float) -> None:
+        # rewritten after every finished run, so an interrupted invocation still leaves its account behind
+        entry = {"command": command, "mode": mode, "started": started, "wall_s": time.perf_counter() - t0,
+                 "trained_now": trained_now, "training_s": training_s,
+                 "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+        tmp = current.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entry) + "\n")
+        os.replace(tmp, current)
+
+    record(0, 0.0)
+    training = train_all(spec, settings, runs, trained, command, evaluate=planned, on_trained=record)
     _msg("evaluating")
     t_eval = time.perf_counter()
     evaluated = evaluate_all(spec, settings, runs, planned)
-    eval_s = time.perf_counter() - t_eval
+    eval_s = time.perf_counter() - t_eval + training["evaluation_s"]
     extra, extra_s = None, 0.0
     if spec.extra is not None:  # the paper's own studies (they may train and evaluate further runs)
         t_extra = time.perf_counter()
@@ -465,11 +636,11 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
         "machine": {"cpus": os.cpu_count(), "torch_threads_per_run": 1, "jobs": settings.jobs},
     }
     # every invocation on this runs root, so a report re-made from reused runs still shows the run that trained them
-    log = runs / "invocations.jsonl"
-    entry = {"command": command, "mode": mode, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - (time.perf_counter() - t0))),
+    entry = {"command": command, "mode": mode, "started": started,
              "wall_s": time.perf_counter() - t0, "trained_now": training["trained_now"], "training_s": training["wall_s"]}
     with log.open("a") as fh:
         fh.write(json.dumps(entry) + "\n")
+    current.unlink(missing_ok=True)
     results["invocations"] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
     results["training_compute_s"] = float(sum(r["train_wall_s"] for r in runs_info.values()))
     spec.write_report(results, out)  # adds "headline" and writes report.md and the figures

@@ -197,24 +197,34 @@ def opt_training_curve(results: dict) -> dict | None:
 
 
 def action_split(results: dict) -> dict | None:
-    """Which servers each trained method sends the default point's tasks to: per method and seed, one
-    evaluation episode (the first common workload) with the run acting as evaluated, the share of tasks per
-    server, and its total-variation distance to the capacity split f / sum(f) (0: the same split, 1: disjoint).
-    Cached in ``results["action_split"]`` (a report re-made with --report-only reuses it)."""
+    """Which servers each trained method sends the default point's tasks to (``point_action_split``, computed
+    with the default point's evaluation and cached with it); a results.json of an earlier version kept it in
+    ``results["action_split"]``."""
     if "action_split" in results:
         return results["action_split"]
+    for e in results["experiments"].values():
+        for pt in e["points"].values():
+            if pt["point"] == DEFAULT.name and "action_split" in pt.get("extra", {}):
+                results["action_split"] = pt["extra"]["action_split"]
+                return results["action_split"]
+    return None
+
+
+def point_action_split(spec, settings, runs: Path, point) -> dict | None:
+    """At the default point, per trained method and seed: one evaluation episode (the first common workload)
+    with the run acting as evaluated, the share of tasks per server, and its total-variation distance to the
+    capacity split f / sum(f) (0: the same split, 1: disjoint)."""
+    if point.name != DEFAULT.name:
+        return None
     from policies.evaluate import generate_workloads, run_episode
-    from policies.reproduce.core import EVAL_SEED_BASE
+    from policies.reproduce.core import EVAL_SEED_BASE, training_runs
     from policies.scenarios import make_simulator
     from policies.train.registry import load_trained_policy
 
-    dirs = [(d, r) for d, r in results["runs"].items() if r["point"] == DEFAULT.name]
-    if not dirs:
-        return None
-    sim = make_simulator("ladts", results["settings"].get("preset_overrides") or None)
+    sim = make_simulator("ladts", {**settings.preset_overrides, **point.preset_overrides} or None)
     out: dict = {"capacity_ghz": [], "methods": {}}
-    for d, r in sorted(dirs):
-        pol = load_trained_policy(d, sim)
+    for _, m, seed, d in sorted(training_runs(spec, settings, runs, [point]), key=lambda r: str(r[3])):
+        pol = load_trained_policy(str(d), sim)
         counts = np.zeros(sim.B)
         decide = pol.decide
 
@@ -224,17 +234,15 @@ def action_split(results: dict) -> dict | None:
             return dec
 
         pol.decide = counting
-        seed = int(r["seed"])
         wl = generate_workloads(sim, 1, EVAL_SEED_BASE + seed)[0]
         run_episode(sim, pol, wl, EVAL_SEED_BASE + seed)
         cap = np.asarray(sim.f, dtype=float)
         share = counts / counts.sum()
         out["capacity_ghz"] = cap.tolist()
-        m = out["methods"].setdefault(r["algo"], {"share": [], "tv": []})
-        m["share"].append(share.tolist())
-        m["tv"].append(float(0.5 * np.abs(share - cap / cap.sum()).sum()))
-    results["action_split"] = out
-    return out
+        mm = out["methods"].setdefault(m.key, {"share": [], "tv": []})
+        mm["share"].append(share.tolist())
+        mm["tv"].append(float(0.5 * np.abs(share - cap / cap.sum()).sum()))
+    return {"action_split": out} if out["methods"] else None
 
 
 def _split_lines(results: dict) -> list[str]:
@@ -640,4 +648,4 @@ def write_report(results: dict, out: Path) -> None:
 SPEC = PaperSpec(name="ladts", title="Accelerating AIGC Services with Latent Action Diffusion Scheduling in Edge "
                  "Networks (LAD-TS)", source="/work/shared/seeds/003_e60a78d8c493597d.txt", scenario="ladts",
                  methods=METHODS, experiments=EXPERIMENTS, full=full, quick=quick, convergence_point=DEFAULT.name,
-                 write_report=write_report)
+                 write_report=write_report, point_extra=point_action_split)
