@@ -1,0 +1,45 @@
+"""Stage in git what a reproduction's runs root kept in the repository needs to carry its progress into the
+next sitting: the config.json and metrics.csv of every finished run, the cached point evaluations, and the
+invocation records. Partial runs are left out (without their checkpoint, which git ignores, they train again
+from the start). Torch-free; run from the repository's root:
+
+    .venv/bin/python scripts/stage_finished_runs.py reports/ladts/runs --episodes 300 && git commit -m "..."
+
+Exit code 0 with a one-line summary; 2 with a sentence when the root is not a directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from policies.reproduce.core import run_finished  # noqa: E402  (numpy only, no torch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", type=Path, help="the runs root, e.g. reports/ladts/runs")
+    ap.add_argument("--episodes", type=int, required=True, help="the episodes a finished run holds")
+    args = ap.parse_args(argv)
+    if not args.runs.is_dir():
+        print(f"stage_finished_runs: '{args.runs}' is not a directory", file=sys.stderr)
+        return 2
+    paths: list[Path] = []
+    runs = [d for d in sorted(args.runs.glob("*/*")) if d.is_dir()]
+    done = [d for d in runs if run_finished(d, args.episodes)]
+    for d in done:
+        paths += [d / "config.json", d / "metrics.csv"]
+    paths += sorted(args.runs.glob("*/evaluation.*.json"))
+    paths += [p for p in (args.runs / "invocations.jsonl", args.runs / "invocation.current.json") if p.is_file()]
+    if paths:
+        subprocess.run(["git", "add", "--", *map(str, paths)], check=True)
+    print(f"staged {len(done)} finished runs of {len(runs)}, "
+          f"{len(list(args.runs.glob('*/evaluation.*.json')))} cached evaluations under {args.runs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
