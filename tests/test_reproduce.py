@@ -139,6 +139,7 @@ def test_status_lists_finished_partial_and_missing_runs_and_the_time_left(quick,
     root, _ = quick
     st = run("mato", quick=True, seeds=3, runs=root / "runs", status_only=True, **TINY)
     assert (st["finished"], st["partial"], st["missing"]) == (27, 0, 0) and st["training_left_s"] == 0
+    assert len(st["evaluations_cached"]) == 3 and st["evaluations_missing"] == []
     # asked for 5 episodes and a fourth seed: the 3-episode runs are partial, seed 3 is not started
     more = run("mato", quick=True, seeds=4, runs=root / "runs", status_only=True, **{**TINY, "episodes": 5})
     assert (more["finished"], more["partial"], more["missing"]) == (0, 27, 9)
@@ -150,6 +151,7 @@ def test_status_lists_finished_partial_and_missing_runs_and_the_time_left(quick,
     print_status(more)
     out = capsys.readouterr().out
     assert "0 finished, 27 partial, 9 not started" in out and "maddpg_s0 3/5" in out
+    assert "points evaluated and cached: 0 of 3" in out  # other seeds and episodes: another key
     assert not list((root / "runs").glob("*/*_s3"))  # status trains nothing
 
 

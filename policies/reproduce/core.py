@@ -520,7 +520,7 @@ def status(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
     time left: each unfinished run's missing episodes at the mean seconds per episode of that method's
     existing runs at the same point (else at any point), over ``settings.jobs`` runs in parallel. Trains
     nothing, evaluates nothing."""
-    _, _, _, trained = plan_points(spec, settings)
+    _, _, planned, trained = plan_points(spec, settings)
     per_episode: dict[tuple[str, str], list[float]] = {}  # (point, method) -> seconds per episode of its runs
     rows = []
     for p, m, seed, out in training_runs(spec, settings, runs, trained):
@@ -546,7 +546,9 @@ def status(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
         else:
             unknown += 1
     count = {s: sum(r["state"] == s for r in rows) for s in ("finished", "partial", "missing")}
-    return {"runs": rows, **count, "training_left_s": left_s / max(1, settings.jobs), "runs_without_estimate": unknown}
+    cached = [p.name for p in planned if cached_evaluation(spec, settings, runs, p) is not None]
+    return {"runs": rows, **count, "training_left_s": left_s / max(1, settings.jobs), "runs_without_estimate": unknown,
+            "evaluations_cached": cached, "evaluations_missing": [p.name for p in planned if p.name not in cached]}
 
 
 def print_status(st: dict) -> None:
@@ -564,6 +566,10 @@ def print_status(st: dict) -> None:
           f"{h:.1f} h at the existing runs' seconds per episode" +
           (f" ({st['runs_without_estimate']} runs of methods with no run yet not counted)" if st["runs_without_estimate"]
            else ""))
+    if "evaluations_cached" in st:
+        n = len(st["evaluations_cached"]) + len(st["evaluations_missing"])
+        print(f"points evaluated and cached: {len(st['evaluations_cached'])} of {n}"
+              + (f" ({', '.join(st['evaluations_cached'])})" if st["evaluations_cached"] else ""))
 
 
 def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, command: list[str],
