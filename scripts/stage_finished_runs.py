@@ -1,5 +1,5 @@
 """Stage in git what a reproduction's runs root kept in the repository needs to carry its progress into the
-next sitting: the config.json and metrics.csv of every finished run, the cached point evaluations, and the
+next sitting: the config.json, metrics.csv and cached evaluations of every finished run, and the
 invocation records. Partial runs are left out (without their checkpoint, which git ignores, they train again
 from the start). Torch-free; run from the repository's root:
 
@@ -31,13 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = [d for d in sorted(args.runs.glob("*/*")) if d.is_dir()]
     done = [d for d in runs if run_finished(d, args.episodes)]
     for d in done:
-        paths += [d / "config.json", d / "metrics.csv"]
-    paths += sorted(args.runs.glob("*/evaluation.*.json"))
+        paths += [d / "config.json", d / "metrics.csv", *sorted(d.glob("evaluation.*.json"))]
     paths += [p for p in (args.runs / "invocations.jsonl", args.runs / "invocation.current.json") if p.is_file()]
     if paths:
         subprocess.run(["git", "add", "--", *map(str, paths)], check=True)
-    print(f"staged {len(done)} finished runs of {len(runs)}, "
-          f"{len(list(args.runs.glob('*/evaluation.*.json')))} cached evaluations under {args.runs}")
+    print(f"staged {len(done)} finished runs of {len(runs)} with "
+          f"{sum(len(list(d.glob('evaluation.*.json'))) for d in done)} cached evaluations under {args.runs}")
     return 0
 
 

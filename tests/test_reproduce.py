@@ -82,10 +82,12 @@ def test_numbers_come_from_the_runs_just_made(quick):
 
 def test_points_evaluated_in_parallel_give_the_same_numbers(quick):
     root, res = quick
-    for cache in (root / "runs").glob("*/evaluation.*.json"):  # evaluate again, two points at a time
+    for cache in (root / "runs").glob("*/*/evaluation.*.json"):  # evaluate again, two points at a time
         cache.unlink()
     par = run("mato", quick=True, seeds=3, out=root / "report3", runs=root / "runs", **{**TINY, "jobs": 2})
     assert par["wall_s"]["trained_now"] == 0
+    # the reused runs were evaluated again (in the training pool, before the points) and cached again
+    assert len(list((root / "runs").glob("*/*/evaluation.*.json"))) == 27
     assert list(par["experiments"]) == list(res["experiments"])
     for key, e in res["experiments"].items():
         assert list(par["experiments"][key]["points"]) == list(e["points"])  # the points keep their order
@@ -93,7 +95,7 @@ def test_points_evaluated_in_parallel_give_the_same_numbers(quick):
             assert par["experiments"][key]["points"][x]["methods"] == pt["methods"], (key, x)
 
 
-def test_a_point_is_evaluated_and_cached_once_its_runs_finish_and_the_cache_outlives_the_checkpoints(quick, tmp_path):
+def test_a_run_is_evaluated_and_cached_once_trained_and_the_cache_outlives_its_checkpoint(quick, tmp_path):
     import shutil
 
     from policies.errors import UserError
@@ -103,11 +105,11 @@ def test_a_point_is_evaluated_and_cached_once_its_runs_finish_and_the_cache_outl
     runs = tmp_path / "runs"
     shutil.copytree(root / "runs", runs)
     pt = res["experiments"]["model_types"]["points"]["6"]
-    cache = json.loads(eval_cache_path(runs, pt["point"], pt["point"]).read_text())
-    assert cache["key"]["seeds"] == 3 and cache["key"]["eval_episodes"] == 1
-    assert cache["key"]["runs"]["maddpg_s1"]["episodes"] == 3
-    assert cache["result"]["methods"]["maddpg"]["latency_s"] == pt["methods"]["maddpg"]["latency_s"]
-    # a runs root kept without its checkpoints (metrics and configs only): the runs are finished, the numbers cached
+    run_dir = Path(pt["runs"]["maddpg"][1].replace(str(root / "runs"), str(runs)))
+    cache = json.loads(eval_cache_path(run_dir, pt["point"]).read_text())  # written by the training job
+    assert cache["key"]["seed"] == 1 and cache["key"]["eval_episodes"] == 1 and cache["key"]["run"]["episodes"] == 3
+    assert cache["result"]["metrics"]["latency_s"] == pt["methods"]["maddpg"]["latency_s"]["per_seed"][1]
+    # a runs root kept without its checkpoints (metrics, configs, caches): the runs are finished, the numbers kept
     for ckpt in runs.glob("*/*/checkpoint.pt"):
         ckpt.unlink()
     # an invocation that was stopped before its end (its progress record is left behind) is logged as such
@@ -116,21 +118,21 @@ def test_a_point_is_evaluated_and_cached_once_its_runs_finish_and_the_cache_outl
          "wall_s": 60.0, "trained_now": 2, "training_s": 59.0, "updated": "2026-01-01 00:01:00"}))
     again = run("mato", quick=True, seeds=3, out=tmp_path / "report", runs=runs, **TINY)
     assert again["wall_s"]["trained_now"] == 0 and again["wall_s"]["reused"] == 27
+    for key, e in res["experiments"].items():
+        for x, p in e["points"].items():
+            assert again["experiments"][key]["points"][x]["methods"] == p["methods"], (key, x)
     stopped = again["invocations"][-2]
     assert stopped["trained_now"] == 2 and stopped["note"] == \
         "stopped before its end; its last record was at 2026-01-01 00:01:00 UTC"
     assert not (runs / "invocation.current.json").exists()
     assert "stopped before its end" in (tmp_path / "report" / "report.md").read_text()
-    for key, e in res["experiments"].items():
-        for x, p in e["points"].items():
-            assert again["experiments"][key]["points"][x]["methods"] == p["methods"], (key, x)
-    # other evaluation settings need the checkpoints: a sentence naming the point and the run, not a retrain
+    # other evaluation settings need the checkpoints: a sentence naming the run and the point, not a retrain
     with pytest.raises(UserError, match="has no checkpoint.pt"):
         run("mato", quick=True, seeds=3, out=tmp_path / "report2", runs=runs, **{**TINY, "eval_episodes": 2})
-    # a run whose point was never evaluated and whose checkpoint is gone is not finished: it trains again
-    eval_cache_path(runs, pt["point"], pt["point"]).unlink()
+    # a run whose evaluation at its own point is gone with its checkpoint is not finished: it trains again
+    eval_cache_path(run_dir, pt["point"]).unlink()
     st = run("mato", quick=True, seeds=3, runs=runs, status_only=True, **TINY)
-    assert st["missing"] == 0 and {r["point"] for r in st["runs"] if r["state"] != "finished"} == {pt["point"]}
+    assert [r["dir"] for r in st["runs"] if r["state"] != "finished"] == [str(run_dir)]
 
 
 def test_status_lists_finished_partial_and_missing_runs_and_the_time_left(quick, capsys):
@@ -139,7 +141,7 @@ def test_status_lists_finished_partial_and_missing_runs_and_the_time_left(quick,
     root, _ = quick
     st = run("mato", quick=True, seeds=3, runs=root / "runs", status_only=True, **TINY)
     assert (st["finished"], st["partial"], st["missing"]) == (27, 0, 0) and st["training_left_s"] == 0
-    assert len(st["evaluations_cached"]) == 3 and st["evaluations_missing"] == []
+    assert st["run_evaluations_cached"] == st["run_evaluations"] == 27  # 3 points x 3 methods x 3 seeds
     # asked for 5 episodes and a fourth seed: the 3-episode runs are partial, seed 3 is not started
     more = run("mato", quick=True, seeds=4, runs=root / "runs", status_only=True, **{**TINY, "episodes": 5})
     assert (more["finished"], more["partial"], more["missing"]) == (0, 27, 9)
@@ -151,7 +153,7 @@ def test_status_lists_finished_partial_and_missing_runs_and_the_time_left(quick,
     print_status(more)
     out = capsys.readouterr().out
     assert "0 finished, 27 partial, 9 not started" in out and "maddpg_s0 3/5" in out
-    assert "points evaluated and cached: 0 of 3" in out  # other seeds and episodes: another key
+    assert "trained runs evaluated and cached at their points: 0 of 36" in out  # other runs: another key
     assert not list((root / "runs").glob("*/*_s3"))  # status trains nothing
 
 

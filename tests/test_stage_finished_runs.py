@@ -24,17 +24,16 @@ def test_stages_finished_runs_caches_and_records_only(tmp_path):
     runs = tmp_path / "runs"
     _run(runs, "P/a_s0", 5, checkpoint=True)  # finished, saved at its end
     _run(runs, "P/a_s1", 3, checkpoint=True)  # partial
-    _run(runs, "Q/a_s0", 5, checkpoint=False)  # finished, its point's evaluation cached
-    (runs / "Q" / "evaluation.Q.json").write_text("{}\n")
+    (_run(runs, "Q/a_s0", 5, checkpoint=False) / "evaluation.Q.json").write_text("{}\n")  # finished, evaluated
     _run(runs, "R/a_s0", 5, checkpoint=False)  # finished metrics, but neither checkpoint nor cache: trains again
     (runs / "invocations.jsonl").write_text("{}\n")
     out = subprocess.run([sys.executable, str(SCRIPT), "runs", "--episodes", "5"], cwd=tmp_path, check=True,
                          capture_output=True, text=True).stdout
-    assert "staged 2 finished runs of 4, 1 cached evaluations" in out
+    assert "staged 2 finished runs of 4 with 1 cached evaluations" in out
     staged = set(subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=tmp_path, check=True,
                                 capture_output=True, text=True).stdout.split())
     assert staged == {"runs/P/a_s0/config.json", "runs/P/a_s0/metrics.csv", "runs/Q/a_s0/config.json",
-                      "runs/Q/a_s0/metrics.csv", "runs/Q/evaluation.Q.json", "runs/invocations.jsonl"}
+                      "runs/Q/a_s0/metrics.csv", "runs/Q/a_s0/evaluation.Q.json", "runs/invocations.jsonl"}
 
 
 def test_a_missing_root_is_a_sentence_and_exit_2(tmp_path):

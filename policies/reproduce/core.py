@@ -7,21 +7,13 @@ Run directories: ``<runs>/<point>/<algo>_s<seed>`` (``<runs>`` defaults to ``run
 ``runs/reproduce/<paper>-quick`` for ``--quick``). A finished run (its checkpoint holds every requested
 episode) is reused, an unfinished one resumed (``aigc-offload train`` semantics).
 
-Evaluation cache: a point is evaluated as soon as the runs it evaluates are finished (while other runs still
-train), and its result is kept in ``<runs>/<source point>/evaluation.<point>.json`` with the key it was made
-under (seeds, evaluation episodes, preset, methods, and each run's settings and episode count). A later
-invocation with the same key reuses it, so a finished run whose ``checkpoint.pt`` is gone (a runs root kept
-in git holds only ``config.json`` and ``metrics.csv``: a LAD-TS checkpoint is ~15 MB) still counts as
-finished and its point's numbers stay the ones measured. Another key needs the checkpoints again.
-
-Transferred points (``Point.policies_from``): a point may train nothing and evaluate the runs of another
-point (by name) under its own preset overrides, e.g. a sweep of an environment parameter evaluated with the
-policies trained at the default scene. ``results.json`` records ``policies_from`` per point (None: the point's
-own runs); :func:`transfer_gaps` pairs a transferred point with a retrained point of the same scene.
-
-Seeds: training seed k trains the k-th run of each method; the evaluation of seed k uses the
-workloads of ``SeedSequence([EVAL_SEED_BASE + k, episode, 0])`` for every method (common random
-numbers within a seed), so heuristics get a spread over seeds too (over workloads).
+Evaluation cache: a trained run is evaluated, in its training job, at every point that evaluates it (its own
+point and the points that take its policies) as soon as it is trained, and each result is kept beside it in
+``<run>/evaluation.<point>.json`` with the key it was made under (evaluation episodes, seed, preset, and the
+run's settings and episode count). A later invocation with the same key reuses it, so a finished run whose
+``checkpoint.pt`` is gone (a runs root kept in git holds only ``config.json``, ``metrics.csv`` and the
+caches: a LAD-TS checkpoint is ~15 MB) still counts as finished and its numbers stay the ones measured.
+Another key needs the checkpoint again. Heuristics need no checkpoint; they are evaluated with each point.
 """
 
 from __future__ import annotations
@@ -32,7 +24,7 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -131,17 +123,19 @@ class PaperSpec:
     # optional studies beyond method x point evaluations (e.g. hyperparameter curves, per-type metrics):
     # (spec, settings, runs, command) -> dict stored as results["extra"] before the report is written
     extra: Callable[..., dict] | None = None
-    # a paper's own numbers of one point that need its trained policies (not only their metrics):
-    # (spec, settings, runs, point) -> dict | None, kept as the point's "extra" and cached with its evaluation
-    point_extra: Callable[..., dict | None] | None = None
+    # a paper's own numbers of one trained run at one point that need its policy (not only its metrics):
+    # (spec, settings, point, sim, run_dir, seed) -> dict | None, cached with the run's evaluation there and
+    # kept as the point's "run_extra" (method -> one per seed)
+    run_extra: Callable[..., dict | None] | None = None
 
     def method(self, key: str) -> Method:
         return next(m for m in self.methods if m.key == key)
 
 
 # -- training ---------------------------------------------------------------------------------------
-def _train_job(job: dict) -> dict:
-    """One training run (in a worker process). Returns the run summary."""
+def _train_job(job: dict, spec: "PaperSpec | None" = None) -> dict:
+    """One training run (in a worker process, where ``spec`` is looked up by name), then its evaluation at
+    every point of ``job["evaluate"]`` (cached beside it). Returns the run summary."""
     import torch
 
     torch.set_num_threads(1)
@@ -149,30 +143,106 @@ def _train_job(job: dict) -> dict:
 
     out = Path(job["out"])
     t0 = time.perf_counter()
-    train(job["algo"], job["scenario"], job["seed"], out, job["overrides"], episodes=job["episodes"],
-          command=job["command"], progress=False)
-    return {"out": str(out), "session_s": time.perf_counter() - t0}
+    if not job.get("evaluate_only"):
+        train(job["algo"], job["scenario"], job["seed"], out, job["overrides"], episodes=job["episodes"],
+              command=job["command"], progress=False)
+    session_s = time.perf_counter() - t0
+    if job.get("evaluate"):
+        if spec is None:
+            from policies.reproduce import get_paper
+
+            spec = get_paper(job["paper"])
+        method = spec.method(job["algo"])
+        for point in job["evaluate"]:
+            evaluate_run(spec, job["settings"], point, method, job["seed"], out)
+    return {"out": str(out), "session_s": session_s, "evaluation_s": time.perf_counter() - t0 - session_s}
 
 
+# -- the per-run evaluation cache -------------------------------------------------------------------
 EVAL_CACHE = "evaluation.{point}.json"
 
 
-def eval_cache_path(runs: Path, source: str, point: str) -> Path:
-    return runs / source / EVAL_CACHE.format(point=point)
+def eval_cache_path(run_dir: Path, point: str) -> Path:
+    """The cached evaluation of trained run ``run_dir`` at ``point`` (its own point, or one taking its policies)."""
+    return Path(run_dir) / EVAL_CACHE.format(point=point)
 
 
 def run_finished(out: Path, episodes: int) -> bool:
     """Every requested episode is in ``metrics.csv``, and the policy is there to evaluate (``checkpoint.pt``) or
-    its point's evaluation is cached (the checkpoint was dropped after it, see the module docstring)."""
+    its evaluation at its own point is cached (the checkpoint was dropped after it, see the module docstring)."""
     path = out / "metrics.csv"
     if not path.exists() or not (out / "config.json").exists():
         return False
-    if not (out / "checkpoint.pt").exists() and not eval_cache_path(out.parent.parent, out.parent.name,
-                                                                     out.parent.name).exists():
+    if not (out / "checkpoint.pt").exists() and not eval_cache_path(out, out.parent.name).exists():
         return False
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     return len(rows) >= episodes and int(rows[-1]["episode"]) + 1 >= episodes
+
+
+def run_evaluation_key(spec: "PaperSpec", settings: "Settings", point: Point, method: Method, seed: int,
+                       run_dir: Path) -> dict:
+    """What one run's evaluation at a point depends on: the paper, point, seed (its workloads), evaluation
+    episodes, the preset it is evaluated under, and the run's algorithm, preset hash, config and episodes."""
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    key = {"paper": spec.name, "point": point.name, "method": method.key, "seed": int(seed),
+           "eval_seed": EVAL_SEED_BASE + int(seed), "eval_episodes": settings.eval_episodes,
+           "preset_overrides": {**settings.preset_overrides, **point.preset_overrides, **method.preset_overrides},
+           "run": {"algo": cfg.get("algo"), "preset_hash": cfg.get("preset_hash"), "config": cfg.get("config"),
+                   "episodes": len(read_metrics(Path(run_dir)))}}
+    return json.loads(json.dumps(key, default=float))  # as read back from the file
+
+
+def cached_run_evaluation(spec: "PaperSpec", settings: "Settings", point: Point, method: Method, seed: int,
+                          run_dir: Path) -> dict | None:
+    """The run's cached evaluation at ``point`` if it was made under this invocation's key, else None."""
+    try:
+        data = json.loads(eval_cache_path(run_dir, point.name).read_text())
+        return data["result"] if data["key"] == run_evaluation_key(spec, settings, point, method, seed, run_dir) \
+            else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _needs_checkpoint(run_dir: Path, point: Point) -> UserError:
+    return UserError(f"run '{run_dir}' must be evaluated again at point '{point.name}' (no evaluation of it there "
+                     f"is cached under this invocation's settings), but it has no checkpoint.pt (only its metrics "
+                     "were kept): remove the run to train it again, or use the settings its cached evaluation was "
+                     "made with")
+
+
+def evaluate_run(spec: "PaperSpec", settings: "Settings", point: Point, method: Method, seed: int,
+                 run_dir: Path) -> dict:
+    """One trained run at ``point`` on seed ``seed``'s common workloads: ``{"metrics": ..., "extra": ...}``
+    (``extra``: ``spec.run_extra``), from the cache or evaluated and cached."""
+    run_dir = Path(run_dir)
+    cached = cached_run_evaluation(spec, settings, point, method, seed, run_dir)
+    if cached is not None:
+        return cached
+    if not (run_dir / "checkpoint.pt").exists():
+        raise _needs_checkpoint(run_dir, point)
+    from policies.evaluate import evaluate
+    from policies.scenarios import make_simulator
+
+    sim = make_simulator(spec.scenario, {**settings.preset_overrides, **point.preset_overrides,
+                                         **method.preset_overrides})
+    name = str(run_dir)
+    res: dict = {"metrics": evaluate(sim, [name], settings.eval_episodes, EVAL_SEED_BASE + seed,
+                                     progress=False).results[name]}
+    extra = spec.run_extra(spec, settings, point, sim, run_dir, seed) if spec.run_extra is not None else None
+    if extra:
+        res["extra"] = extra
+    path = eval_cache_path(run_dir, point.name)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": run_evaluation_key(spec, settings, point, method, seed, run_dir),
+                               "result": res}, indent=1, default=float) + "\n")
+    os.replace(tmp, path)
+    return res
+
+
+def points_evaluating(spec: "PaperSpec", points: list[Point], source: Point, method: Method) -> list[Point]:
+    """The points of ``points`` that evaluate ``source``'s runs of ``method`` (``source`` itself among them)."""
+    return [p for p in points if policy_source(spec, p).name == source.name and method in point_methods(spec, p)]
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -226,95 +296,63 @@ def training_runs(spec: PaperSpec, settings: Settings, runs: Path, points: list[
 
 def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point], command: list[str],
               evaluate: list[Point] = (), on_trained: Callable[[int, float], None] | None = None) -> dict:
-    """Train (or resume) every unfinished run of ``points``, ``settings.jobs`` at a time; each point of
-    ``evaluate`` whose evaluation is not cached is evaluated, and cached, as soon as the runs it evaluates are
-    finished (before the training runs still waiting)."""
-    jobs = []
+    """Train (or resume) every unfinished run of ``points``, ``settings.jobs`` at a time; each run is evaluated
+    in its job at the points of ``evaluate`` that evaluate it (cached beside it, see the module docstring)."""
+    jobs, evaluations = [], []
     for point, m, seed, out in training_runs(spec, settings, runs, points):
         overrides = {**settings.preset_overrides, **point.preset_overrides, **settings.algo_overrides,
                      **point.algo_overrides}
+        job = {"algo": m.key, "scenario": spec.scenario, "seed": seed, "out": str(out),
+               "episodes": settings.episodes, "command": command, "overrides": overrides,
+               "paper": spec.name, "settings": settings, "evaluate": points_evaluating(spec, list(evaluate), point, m)}
         if run_finished(out, settings.episodes):
             check_reused_run(out, m.key, spec.scenario, overrides, settings.episodes)
+            # a reused run not yet evaluated at every point is evaluated first, while its checkpoint is here
+            job["evaluate"] = [p for p in job["evaluate"] if (out / "checkpoint.pt").exists()
+                               and cached_run_evaluation(spec, settings, p, m, seed, out) is None]
+            if job["evaluate"]:
+                evaluations.append({**job, "evaluate_only": True})
             continue
-        jobs.append({"algo": m.key, "scenario": spec.scenario, "seed": seed, "out": str(out),
-                     "episodes": settings.episodes, "command": command, "overrides": overrides})
+        jobs.append(job)
     # the costliest first (critic cost grows ~ M^2): the shortest makespan with parallel jobs
     # (the convergence point first: its curves show early whether training works)
     jobs.sort(key=lambda j: (Path(j["out"]).parent.name != spec.convergence_point,
                              -int(j["overrides"].get("num_devices", 10))))
     total = sum(1 for _ in training_runs(spec, settings, runs, points))
     _msg(f"{total} training runs, {total - len(jobs)} finished and reused, {len(jobs)} to train or resume "
-         f"({settings.jobs} in parallel)")
+         f"({settings.jobs} in parallel)" + (f"; {len(evaluations)} reused runs to evaluate first" if evaluations else ""))
+    trained_now = len(jobs)
+    jobs = evaluations + jobs
     t0 = time.perf_counter()
     sessions: dict[str, float] = {}
-    waiting = {str(j["out"]) for j in jobs}
-    to_evaluate = [p for p in evaluate if cached_evaluation(spec, settings, runs, p) is None]
     eval_s = 0.0
 
-    def ready_evaluations() -> list[dict]:
-        ready = []
-        for p in list(to_evaluate):
-            src = policy_source(spec, p)
-            if not any(str(d) in waiting for q, _, _, d in training_runs(spec, settings, runs, [src])):
-                _check_evaluable(spec, settings, runs, p)
-                to_evaluate.remove(p)
-                ready.append({"paper": spec.name, "settings": settings, "runs": str(runs), "point": p})
-        return ready
+    done = 0
 
-    def finished_training(res: dict, n: int) -> None:
+    def finished(res: dict, job: dict) -> None:
+        nonlocal eval_s, done
+        eval_s += res["evaluation_s"]
+        if job.get("evaluate_only"):
+            _msg(f"evaluated {res['out']} at {len(job['evaluate'])} points in {res['evaluation_s']:.0f} s")
+            return
+        done += 1
         sessions[res["out"]] = res["session_s"]
-        waiting.discard(res["out"])
-        _msg(f"trained {n}/{len(jobs)} {res['out']} in {res['session_s']:.0f} s")
+        _msg(f"trained {done}/{trained_now} {res['out']} in {res['session_s']:.0f} s"
+             + (f", evaluated in {res['evaluation_s']:.0f} s" if res["evaluation_s"] >= 0.5 else ""))
         if on_trained is not None:
-            on_trained(n, time.perf_counter() - t0)
+            on_trained(done, time.perf_counter() - t0)
 
-    def finished_evaluation(name: str, point: Point, res: dict, sec: float) -> None:
-        nonlocal eval_s
-        eval_s += sec
-        write_cached_evaluation(spec, settings, runs, point, res)
-        _msg(f"evaluated {name} in {sec:.0f} s (cached while training)")
-
-    trained = 0
     if settings.jobs <= 1:
-        queue = list(jobs)
-        while queue or to_evaluate:
-            ready = ready_evaluations()
-            for ev in ready:
-                name, res, sec = _evaluate_job(ev, spec)
-                finished_evaluation(name, ev["point"], res, sec)
-            if queue:
-                trained += 1
-                finished_training(_train_job(queue.pop(0)), trained)
-            elif not ready:
-                break
-    else:
+        for job in jobs:
+            finished(_train_job(job, spec), job)
+    elif jobs:
         import multiprocessing as mp
 
-        queue = list(jobs)
         with ProcessPoolExecutor(max_workers=settings.jobs, mp_context=mp.get_context("spawn")) as pool:
-            running: dict = {}  # future -> ("train", job) | ("eval", job)
-            evals: list[dict] = []
-            while queue or running or evals:
-                evals += ready_evaluations()
-                while len(running) < settings.jobs and (evals or queue):
-                    if evals:  # a ready point first: its numbers are safe once cached
-                        ev = evals.pop(0)
-                        running[pool.submit(_evaluate_job, ev)] = ("eval", ev)
-                    else:
-                        job = queue.pop(0)
-                        running[pool.submit(_train_job, job)] = ("train", job)
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    kind, job = running.pop(fut)
-                    if kind == "train":
-                        trained += 1
-                        finished_training(fut.result(), trained)
-                    else:
-                        name, res, sec = fut.result()
-                        finished_evaluation(name, job["point"], res, sec)
-    return {"trained_now": len(jobs), "reused": total - len(jobs), "wall_s": time.perf_counter() - t0,
+            futs = {pool.submit(_train_job, j): j for j in jobs}
+            for fut in as_completed(futs):
+                finished(fut.result(), futs[fut])
+    return {"trained_now": trained_now, "reused": total - trained_now, "wall_s": time.perf_counter() - t0,
             "sessions": sessions, "evaluation_s": eval_s}
 
 
@@ -325,7 +363,8 @@ def _stats(values: list[float]) -> dict:
 
 
 def evaluate_point(spec: PaperSpec, settings: Settings, runs: Path, point: Point) -> dict:
-    """method -> metric -> stats over seeds, plus the run directories that produced them."""
+    """method -> metric -> stats over seeds, plus the run directories that produced them (trained runs from
+    their cached evaluations where there is one, see ``evaluate_run``)."""
     from policies.evaluate import evaluate
     from policies.scenarios import make_simulator
 
@@ -336,31 +375,29 @@ def evaluate_point(spec: PaperSpec, settings: Settings, runs: Path, point: Point
     agents = int(base.get("num_devices", 0) or 0)
     methods = [m for m in point_methods(spec, point) if m.max_agents is None or not agents or agents <= m.max_agents]
     per: dict[str, list[dict]] = {m.key: [] for m in methods}
-    for m in methods:  # methods that need the same preset share one evaluation
+    extras: dict[str, list[dict]] = {}
+    for m in methods:  # heuristics that need the same preset share one evaluation
         groups.setdefault(tuple(sorted(m.preset_overrides.items())), []).append(m)
     for seed in range(settings.seeds):
         for key, group in groups.items():
-            sim = make_simulator(spec.scenario, {**base, **dict(key)})
-            names = []
+            heuristics = [m.key for m in group if not m.trained]
+            res = evaluate(make_simulator(spec.scenario, {**base, **dict(key)}), heuristics, settings.eval_episodes,
+                           EVAL_SEED_BASE + seed, progress=False).results if heuristics else {}
             for m in group:
-                if m.trained:
-                    d = str(runs / src / f"{m.key}_s{seed}")
-                    run_dirs[m.key].append(d)
-                    names.append(d)
-                else:
-                    names.append(m.key)
-            res = evaluate(sim, names, settings.eval_episodes, EVAL_SEED_BASE + seed, progress=False)
-            for m, n in zip(group, names):
-                per[m.key].append(res.results[n])
+                if not m.trained:
+                    per[m.key].append(res[m.key])
+                    continue
+                d = runs / src / f"{m.key}_s{seed}"
+                run_dirs[m.key].append(str(d))
+                r = evaluate_run(spec, settings, point, m, seed, d)
+                per[m.key].append(r["metrics"])
+                if "extra" in r:
+                    extras.setdefault(m.key, []).append(r["extra"])
     out = {}
     for m in methods:
         keys = per[m.key][0].keys()
         out[m.key] = {k: _stats([r[k] for r in per[m.key]]) for k in keys}
-    res = {"methods": out, "runs": {k: v for k, v in run_dirs.items() if v}}
-    extra = spec.point_extra(spec, settings, runs, point) if spec.point_extra is not None else None
-    if extra:
-        res["extra"] = extra
-    return res
+    return {"methods": out, "runs": {k: v for k, v in run_dirs.items() if v}, **({"run_extra": extras} if extras else {})}
 
 
 def _evaluate_job(job: dict, spec: PaperSpec | None = None) -> tuple[str, dict, float]:
@@ -382,79 +419,30 @@ def _evaluate_job(job: dict, spec: PaperSpec | None = None) -> tuple[str, dict, 
         torch.set_num_threads(threads)
 
 
-def evaluation_key(spec: PaperSpec, settings: Settings, runs: Path, point: Point) -> dict:
-    """What a point's evaluation depends on: the paper, seeds, evaluation episodes, the preset it is evaluated
-    under, its methods, and each evaluated run's algorithm, preset hash, config and episode count."""
+def _check_evaluable(spec: PaperSpec, settings: Settings, runs: Path, point: Point) -> None:
+    """Fail before any work if a trained run of ``point`` has neither a matching cached evaluation nor its
+    checkpoint."""
     src = policy_source(spec, point)
-    trained = {}
     for m in point_methods(spec, point):
         if m.trained:
             for seed in range(settings.seeds):
                 d = runs / src.name / f"{m.key}_s{seed}"
-                cfg = json.loads((d / "config.json").read_text())
-                trained[d.name] = {"algo": cfg.get("algo"), "preset_hash": cfg.get("preset_hash"),
-                                   "config": cfg.get("config"), "episodes": len(read_metrics(d))}
-    key = {"paper": spec.name, "point": point.name, "policies_from": src.name, "seeds": settings.seeds,
-           "eval_episodes": settings.eval_episodes,
-           "preset_overrides": {**settings.preset_overrides, **point.preset_overrides},
-           "methods": [m.key for m in point_methods(spec, point)], "runs": trained}
-    return json.loads(json.dumps(key, default=float))  # as read back from the file
-
-
-def cached_evaluation(spec: PaperSpec, settings: Settings, runs: Path, point: Point) -> dict | None:
-    """The point's cached evaluation if it was made under this invocation's key, else None."""
-    path = eval_cache_path(runs, policy_source(spec, point).name, point.name)
-    try:
-        data = json.loads(path.read_text())
-        return data["result"] if data["key"] == evaluation_key(spec, settings, runs, point) else None
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def write_cached_evaluation(spec: PaperSpec, settings: Settings, runs: Path, point: Point, result: dict) -> None:
-    path = eval_cache_path(runs, policy_source(spec, point).name, point.name)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": evaluation_key(spec, settings, runs, point), "result": result}, indent=1,
-                              default=float) + "\n")
-    os.replace(tmp, path)
-
-
-def _check_evaluable(spec: PaperSpec, settings: Settings, runs: Path, point: Point) -> None:
-    src = policy_source(spec, point)
-    for m in point_methods(spec, point):
-        if not m.trained:
-            continue
-        for seed in range(settings.seeds):
-            d = runs / src.name / f"{m.key}_s{seed}"
-            if not (d / "checkpoint.pt").exists():
-                raise UserError(f"point '{point.name}' must be evaluated again (no evaluation of it is cached under "
-                                f"this invocation's settings in {eval_cache_path(runs, src.name, point.name)}), but "
-                                f"run '{d}' has no checkpoint.pt (only its metrics were kept): remove the point's "
-                                "runs to train them again, or use the settings the cached evaluation was made with")
+                if not (d / "checkpoint.pt").exists() and \
+                        cached_run_evaluation(spec, settings, point, m, seed, d) is None:
+                    raise _needs_checkpoint(d, point)
 
 
 def evaluate_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point]) -> dict:
-    """point name -> ``evaluate_point``, in the order of ``points``: the cached evaluation where it was made under
-    this invocation's key, else evaluated (``settings.jobs`` points at a time; each point's evaluation is
-    independent: its own simulator, policies and workload seeds) and cached."""
-    done: dict[str, dict] = {}
-    todo = []
+    """point name -> ``evaluate_point``, in the order of ``points``; ``settings.jobs`` points at a time (each
+    point's evaluation is independent: its own simulator, policies and workload seeds)."""
     for p in points:
-        cached = cached_evaluation(spec, settings, runs, p)
-        if cached is not None:
-            done[p.name] = cached
-        else:
-            _check_evaluable(spec, settings, runs, p)
-            todo.append(p)
-    if len(todo) < len(points):
-        _msg(f"{len(points) - len(todo)} of {len(points)} points' evaluations cached")
-    jobs = [{"paper": spec.name, "settings": settings, "runs": str(runs), "point": p} for p in todo]
-    by_name = {p.name: p for p in todo}
+        _check_evaluable(spec, settings, runs, p)
+    jobs = [{"paper": spec.name, "settings": settings, "runs": str(runs), "point": p} for p in points]
+    done: dict[str, dict] = {}
     if settings.jobs <= 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs):
             name, res, sec = _evaluate_job(job, spec)
             done[name] = res
-            write_cached_evaluation(spec, settings, runs, by_name[name], res)
             _msg(f"evaluated {i + 1}/{len(jobs)} {name} in {sec:.0f} s")
     else:
         import multiprocessing as mp
@@ -464,7 +452,6 @@ def evaluate_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[P
             for i, fut in enumerate(as_completed(futs)):
                 name, res, sec = fut.result()
                 done[name] = res
-                write_cached_evaluation(spec, settings, runs, by_name[name], res)
                 _msg(f"evaluated {i + 1}/{len(jobs)} {name} in {sec:.0f} s")
     return {p.name: done[p.name] for p in points}
 
@@ -546,9 +533,12 @@ def status(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
         else:
             unknown += 1
     count = {s: sum(r["state"] == s for r in rows) for s in ("finished", "partial", "missing")}
-    cached = [p.name for p in planned if cached_evaluation(spec, settings, runs, p) is not None]
+    pairs = [(p, m, seed, d) for p in planned for _, m, seed, d in training_runs(spec, settings, runs, [policy_source(spec, p)])
+             if m in point_methods(spec, p)]
+    cached = sum(run_finished(d, settings.episodes) and cached_run_evaluation(spec, settings, p, m, seed, d) is not None
+                 for p, m, seed, d in pairs)
     return {"runs": rows, **count, "training_left_s": left_s / max(1, settings.jobs), "runs_without_estimate": unknown,
-            "evaluations_cached": cached, "evaluations_missing": [p.name for p in planned if p.name not in cached]}
+            "run_evaluations_cached": cached, "run_evaluations": len(pairs)}
 
 
 def print_status(st: dict) -> None:
@@ -566,10 +556,9 @@ def print_status(st: dict) -> None:
           f"{h:.1f} h at the existing runs' seconds per episode" +
           (f" ({st['runs_without_estimate']} runs of methods with no run yet not counted)" if st["runs_without_estimate"]
            else ""))
-    if "evaluations_cached" in st:
-        n = len(st["evaluations_cached"]) + len(st["evaluations_missing"])
-        print(f"points evaluated and cached: {len(st['evaluations_cached'])} of {n}"
-              + (f" ({', '.join(st['evaluations_cached'])})" if st["evaluations_cached"] else ""))
+    if "run_evaluations" in st:
+        print(f"trained runs evaluated and cached at their points: {st['run_evaluations_cached']} of "
+              f"{st['run_evaluations']} (run, point) pairs")
 
 
 def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, command: list[str],

@@ -197,52 +197,53 @@ def opt_training_curve(results: dict) -> dict | None:
 
 
 def action_split(results: dict) -> dict | None:
-    """Which servers each trained method sends the default point's tasks to (``point_action_split``, computed
-    with the default point's evaluation and cached with it); a results.json of an earlier version kept it in
-    ``results["action_split"]``."""
+    """Which servers each trained method sends the default point's tasks to: per method and seed, the share of
+    tasks per server and its total-variation distance to the capacity split (``run_action_split``, cached with
+    each run's evaluation; a results.json of an earlier version kept it in ``results["action_split"]``)."""
     if "action_split" in results:
         return results["action_split"]
     for e in results["experiments"].values():
         for pt in e["points"].values():
-            if pt["point"] == DEFAULT.name and "action_split" in pt.get("extra", {}):
-                results["action_split"] = pt["extra"]["action_split"]
-                return results["action_split"]
+            if pt["point"] != DEFAULT.name or not pt.get("run_extra"):
+                continue
+            out: dict = {"capacity_ghz": [], "methods": {}}
+            for algo in sorted(pt["run_extra"]):  # the order of the run directories' names
+                for x in pt["run_extra"][algo]:
+                    out["capacity_ghz"] = x["capacity_ghz"]
+                    m = out["methods"].setdefault(algo, {"share": [], "tv": []})
+                    m["share"].append(x["share"])
+                    m["tv"].append(x["tv"])
+            results["action_split"] = out
+            return out
     return None
 
 
-def point_action_split(spec, settings, runs: Path, point) -> dict | None:
-    """At the default point, per trained method and seed: one evaluation episode (the first common workload)
-    with the run acting as evaluated, the share of tasks per server, and its total-variation distance to the
-    capacity split f / sum(f) (0: the same split, 1: disjoint)."""
+def run_action_split(spec, settings, point, sim, run_dir: Path, seed: int) -> dict | None:
+    """At the default point: one evaluation episode (seed ``seed``'s first common workload) with the run acting
+    as evaluated, the share of tasks per server, and its total-variation distance to the capacity split
+    f / sum(f) (0: the same split, 1: disjoint)."""
     if point.name != DEFAULT.name:
         return None
     from policies.evaluate import generate_workloads, run_episode
-    from policies.reproduce.core import EVAL_SEED_BASE, training_runs
-    from policies.scenarios import make_simulator
+    from policies.reproduce.core import EVAL_SEED_BASE
     from policies.train.registry import load_trained_policy
 
-    sim = make_simulator("ladts", {**settings.preset_overrides, **point.preset_overrides} or None)
-    out: dict = {"capacity_ghz": [], "methods": {}}
-    for _, m, seed, d in sorted(training_runs(spec, settings, runs, [point]), key=lambda r: str(r[3])):
-        pol = load_trained_policy(str(d), sim)
-        counts = np.zeros(sim.B)
-        decide = pol.decide
+    pol = load_trained_policy(str(run_dir), sim)
+    counts = np.zeros(sim.B)
+    decide = pol.decide
 
-        def counting(view, decide=decide, counts=counts):
-            dec = decide(view)
-            np.add.at(counts, dec.target, 1)
-            return dec
+    def counting(view):
+        dec = decide(view)
+        np.add.at(counts, dec.target, 1)
+        return dec
 
-        pol.decide = counting
-        wl = generate_workloads(sim, 1, EVAL_SEED_BASE + seed)[0]
-        run_episode(sim, pol, wl, EVAL_SEED_BASE + seed)
-        cap = np.asarray(sim.f, dtype=float)
-        share = counts / counts.sum()
-        out["capacity_ghz"] = cap.tolist()
-        mm = out["methods"].setdefault(m.key, {"share": [], "tv": []})
-        mm["share"].append(share.tolist())
-        mm["tv"].append(float(0.5 * np.abs(share - cap / cap.sum()).sum()))
-    return {"action_split": out} if out["methods"] else None
+    pol.decide = counting
+    wl = generate_workloads(sim, 1, EVAL_SEED_BASE + seed)[0]
+    run_episode(sim, pol, wl, EVAL_SEED_BASE + seed)
+    cap = np.asarray(sim.f, dtype=float)
+    share = counts / counts.sum()
+    return {"capacity_ghz": cap.tolist(), "share": share.tolist(),
+            "tv": float(0.5 * np.abs(share - cap / cap.sum()).sum())}
 
 
 def _split_lines(results: dict) -> list[str]:
@@ -648,4 +649,4 @@ def write_report(results: dict, out: Path) -> None:
 SPEC = PaperSpec(name="ladts", title="Accelerating AIGC Services with Latent Action Diffusion Scheduling in Edge "
                  "Networks (LAD-TS)", source="/work/shared/seeds/003_e60a78d8c493597d.txt", scenario="ladts",
                  methods=METHODS, experiments=EXPERIMENTS, full=full, quick=quick, convergence_point=DEFAULT.name,
-                 write_report=write_report, point_extra=point_action_split)
+                 write_report=write_report, run_extra=run_action_split)
