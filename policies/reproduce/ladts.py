@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.reproduce.core import (Experiment, Method, PaperSpec, Point, Settings, transfer_gaps,
+from policies.reproduce.core import (Experiment, Method, PaperSpec, Point, Settings, invocation_lines, transfer_gaps,
                                      transfer_sentence, transferred_points)
 from policies.reproduce.png import Panel, Series, figure
 
@@ -547,12 +547,7 @@ def write_report(results: dict, out: Path) -> None:
              "over the paper's hyperparameters (2x20 networks, I = 5, lr 1e-4 / 1e-3 / 3e-4, alpha 0.05, target entropy "
              "-1, gamma 0.95, tau 0.005, pool 1000, batch 64, updates once |R_b| > 300). Trained policies act as in "
              "training (a ~ pi; DQN-TS greedily). Values are mean service delay per task (s), ± std over seeds.\n")
-    L.append(f"Wall time of this invocation: {w['total']:.0f} s ({w['total'] / 60:.1f} min) on {results['machine']['cpus']} "
-             f"shared cores, {w['trained_now']} runs trained or resumed now, {w['reused']} reused; training "
-             f"{w['training']:.0f} s, evaluation {w['evaluation']:.0f} s.\n")
-    for i in results.get("invocations", []):
-        L.append(f"- {i['started']} UTC: `{' '.join(i['command'])}`, {i['wall_s']:.0f} s, {i['trained_now']} runs trained")
-    L.append("")
+    L += invocation_lines(results)
     L.append("## Headline: ours vs the paper\n")
     L.append("| what | ours | paper | paper's reference |\n|---|---|---|---|")
     for r in rows:
