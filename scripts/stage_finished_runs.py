@@ -32,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     done = [d for d in runs if run_finished(d, args.episodes)]
     for d in done:
         paths += [d / "config.json", d / "metrics.csv", *sorted(d.glob("evaluation.*.json"))]
-    paths += [p for p in (args.runs / "invocations.jsonl", args.runs / "invocation.current.json") if p.is_file()]
     if paths:
         subprocess.run(["git", "add", "--", *map(str, paths)], check=True)
+    # the invocation log and the progress records, a record's removal included (the next invocation logs it)
+    subprocess.run(["git", "add", "-A", "--", str(args.runs / "invocation*")], check=True)
     print(f"staged {len(done)} finished runs of {len(runs)} with "
           f"{sum(len(list(d.glob('evaluation.*.json'))) for d in done)} cached evaluations under {args.runs}")
     return 0

@@ -116,8 +116,17 @@ def test_a_run_is_evaluated_and_cached_once_trained_and_the_cache_outlives_its_c
     (runs / "invocation.current.json").write_text(json.dumps(
         {"command": ["aigc-offload", "reproduce", "mato"], "mode": "full", "started": "2026-01-01 00:00:00",
          "wall_s": 60.0, "trained_now": 2, "training_s": 59.0, "updated": "2026-01-01 00:01:00"}))
+    # ... but the record of an invocation running now (pid 1 of this boot stands in for it) is left alone
+    from policies.reproduce.core import _boot_id
+
+    alive = runs / "invocation.running.1.json"
+    alive.write_text(json.dumps({"command": ["other"], "mode": "full", "started": "2026-01-01 00:00:00", "wall_s": 1.0,
+                                 "trained_now": 0, "training_s": 0.0, "updated": "2026-01-01 00:00:01", "pid": 1,
+                                 "boot": _boot_id()}))
     again = run("mato", quick=True, seeds=3, out=tmp_path / "report", runs=runs, **TINY)
     assert again["wall_s"]["trained_now"] == 0 and again["wall_s"]["reused"] == 27
+    assert alive.exists() and not [i for i in again["invocations"] if i["command"] == ["other"]]
+    assert sorted(x.name for x in runs.glob("invocation.running.*.json")) == [alive.name]  # its own is removed
     for key, e in res["experiments"].items():
         for x, p in e["points"].items():
             assert again["experiments"][key]["points"][x]["methods"] == p["methods"], (key, x)

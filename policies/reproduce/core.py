@@ -481,6 +481,52 @@ def convergence(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
 
 
 # -- the command ------------------------------------------------------------------------------------
+RUNNING = "invocation.running.{pid}.json"  # the progress record of an invocation on a runs root
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _still_running(rec: dict) -> bool:
+    """The record's invocation is alive: same boot of this machine and its process exists."""
+    if "pid" not in rec or rec.get("boot") != _boot_id():
+        return False
+    try:
+        os.kill(int(rec["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def log_stopped_invocations(runs: Path) -> None:
+    """Move the progress records of invocations that stopped before their end (killed, or the machine's session
+    ended) into ``invocations.jsonl`` with a note; the records of invocations still running on this root (another
+    process, now) are left alone. ``invocation.current.json`` is the record's name before it carried a pid."""
+    log = runs / "invocations.jsonl"
+    for path in sorted(runs.glob(RUNNING.format(pid="*"))) + [runs / "invocation.current.json"]:
+        if not path.is_file():
+            continue
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            continue
+        if _still_running(rec):
+            continue
+        rec["note"] = f"stopped before its end; its last record was at {rec.pop('updated', '?')} UTC"
+        rec.pop("pid", None)
+        rec.pop("boot", None)
+        with log.open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        path.unlink(missing_ok=True)
+
+
 def plan_points(spec: PaperSpec, settings: Settings) -> tuple[list, list, list[Point], list[Point]]:
     """(experiments, plan of (experiment, x, point), points evaluated, points trained) of one invocation."""
     exps = [e for e in spec.experiments if settings.experiments is None or e.key in settings.experiments]
@@ -567,23 +613,16 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
     out.mkdir(parents=True, exist_ok=True)
     exps, plan, planned, trained = plan_points(spec, settings)
     runs.mkdir(parents=True, exist_ok=True)
-    log, current = runs / "invocations.jsonl", runs / "invocation.current.json"
-    if current.exists():  # an invocation that stopped before its end (killed, or the machine's session ended)
-        try:
-            stale = json.loads(current.read_text())
-            stale["note"] = f"stopped before its end; its last record was at {stale.pop('updated')} UTC"
-            with log.open("a") as fh:
-                fh.write(json.dumps(stale) + "\n")
-        except (OSError, ValueError, KeyError):
-            pass
-        current.unlink()
+    log = runs / "invocations.jsonl"
+    log_stopped_invocations(runs)
+    current = runs / RUNNING.format(pid=os.getpid())
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
 
     def record(trained_now: int, training_s: float) -> None:
         # rewritten after every finished run, so an interrupted invocation still leaves its account behind
         entry = {"command": command, "mode": mode, "started": started, "wall_s": time.perf_counter() - t0,
                  "trained_now": trained_now, "training_s": training_s,
-                 "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+                 "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "pid": os.getpid(), "boot": _boot_id()}
         tmp = current.with_suffix(".tmp")
         tmp.write_text(json.dumps(entry) + "\n")
         os.replace(tmp, current)
