@@ -422,15 +422,15 @@ def test_tiny_reproduce_writes_report_results_and_figures(tmp_path):
 
 
 def test_tiny_reproduce_transfer_check_at_z20(tmp_path):
-    """Option (b) of the full run: fmax and Z points evaluate the default point's runs; Z = 20 is also retrained
+    """Option (b) of the full run: the Z points evaluate the default point's runs (fmax is retrained: the agents
+    do not observe f); Z = 20 is also retrained
     (the "retrained" experiment), the headline's Z = 20 rows use those, and the report names the transfer."""
     from policies.reproduce import get_paper, run
 
     spec = get_paper("ladts")
     moved = {p.name: p.policies_from for e in spec.experiments if e.key in ("capacity", "quality") for p in e.points}
-    assert moved == {"F30_from_default": "default", "F40_from_default": "default", "default": None,
-                     "F60_from_default": "default", "F70_from_default": "default", "Z5_from_default": "default",
-                     "Z10_from_default": "default", "Z20_from_default": "default"}
+    assert moved == {"F30": None, "F40": None, "default": None, "F60": None, "F70": None,
+                     "Z5_from_default": "default", "Z10_from_default": "default", "Z20_from_default": "default"}
     assert all(p.policies_from is None for e in spec.experiments if e.key not in ("capacity", "quality", "retrained")
                for p in e.points)
     res = run("ladts", quick=True, seeds=1, out=tmp_path / "rep", runs=tmp_path / "runs", episodes=3, eval_episodes=1,
