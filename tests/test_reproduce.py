@@ -424,3 +424,17 @@ def test_transfer_gaps_pair_a_transferred_point_with_its_retrained_twin():
     (g,) = transfer_gaps(res, "latency_s")
     assert g["point"] == "Z20_from_default" and g["retrained_point"] == "Z20" and set(g["methods"]) == {"ladts"}
     assert g["methods"]["ladts"]["gap"] == pytest.approx(0.5)
+
+
+def test_invocation_lines_quote_arguments_with_spaces():
+    """A command printed in a report can be pasted back into a shell: an argument holding a space
+    (``--points "retrained=Z=20 default-trained"``) is quoted, plain ones are left as they are."""
+    from policies.reproduce.core import invocation_lines
+
+    cmd = ["aigc-offload", "reproduce", "ladts", "--points", "tasks=10,20", "--points", "retrained=Z=20 default-trained"]
+    results = {"wall_s": {"total": 60.0, "trained_now": 0, "reused": 3, "training": 0.0, "evaluation": 60.0},
+               "machine": {"cpus": 2},
+               "invocations": [{"started": "2026-11-25 00:00:00", "command": cmd, "wall_s": 60.0, "trained_now": 0}]}
+    text = "\n".join(invocation_lines(results))
+    assert ("`aigc-offload reproduce ladts --points tasks=10,20 --points 'retrained=Z=20 default-trained'`"
+            in text), text

@@ -22,6 +22,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -780,7 +781,7 @@ def invocation_lines(results: dict) -> list[str]:
     if inv:
         L.append("Invocations on this runs directory (UTC start, elapsed, runs trained):\n")
         for i in inv:
-            L.append(f"- {i['started']}: `{' '.join(i['command'])}`, {i['wall_s']:.0f} s ({i['wall_s'] / 60:.1f} min), "
+            L.append(f"- {i['started']}: `{shlex.join(i['command'])}`, {i['wall_s']:.0f} s ({i['wall_s'] / 60:.1f} min), "
                      f"{i['trained_now']} runs trained" + (f" ({i['note']})" if i.get("note") else ""))
         L.append("")
     if "training_compute_s" in results:
