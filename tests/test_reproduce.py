@@ -438,3 +438,25 @@ def test_invocation_lines_quote_arguments_with_spaces():
     text = "\n".join(invocation_lines(results))
     assert ("`aigc-offload reproduce ladts --points tasks=10,20 --points 'retrained=Z=20 default-trained'`"
             in text), text
+
+
+def test_training_parallelism_names_the_training_invocations_jobs():
+    """A report re-made with ``--jobs 1`` from runs that trained two at a time says they trained two at a time:
+    the parallelism comes from the logged invocations that trained runs (their ``jobs``, else their command's
+    ``--jobs``), and only falls back to this invocation's ``--jobs`` when none trained."""
+    from policies.reproduce.core import training_parallelism
+
+    def inv(command, trained_now, **kw):
+        return {"command": command, "trained_now": trained_now, **kw}
+
+    remake = ["aigc-offload", "reproduce", "ladts", "--jobs", "1", "--points", "tasks=10"]
+    results = {"machine": {"jobs": 1}, "invocations": [
+        inv(["aigc-offload", "reproduce", "ladts", "--jobs", "2"], 33), inv(remake, 0)]}
+    assert training_parallelism(results) == "2 runs in parallel"
+    results["invocations"].append(inv(["aigc-offload", "reproduce", "ladts", "--jobs=1"], 4))
+    assert training_parallelism(results) == "1-2 runs in parallel"
+    results["invocations"] = [inv(remake, 5, jobs=3)]  # a logged "jobs" wins over the command
+    assert training_parallelism(results) == "3 runs in parallel"
+    results["invocations"] = [inv(remake, 0)]
+    assert training_parallelism(results) == "one run at a time"
+    assert training_parallelism({"machine": {"jobs": 2}}) == "2 runs in parallel"

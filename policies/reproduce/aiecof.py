@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from policies.reproduce.core import (EVAL_SEED_BASE, Experiment, Method, PaperSpec, Point, Settings, _msg, _stats,
-                                     _train_job, read_metrics, run_finished, training_and_runs_sections,
-                                     transferred_points)
+                                     _train_job, invocation_lines, read_metrics, run_finished,
+                                     training_and_runs_sections, transferred_points)
 from policies.reproduce.png import Panel, Series, figure
 
 METHODS = (
@@ -557,19 +557,7 @@ def write_report(results: dict, out: Path) -> None:
              "defaults (spec 4-5: TOPPO lr 1e-3/1e-3, batch 64, gamma 0.9, GAE 0.95, clip 0.2, LSTM 64 + FC "
              "128-128; baselines MLP 128-128, gamma 0.9, lr 1e-3). Every learner trains on eq. 30's per-device "
              "reward r_m,t with the preset's weights (0.25 each) unless an override says otherwise.\n")
-    L.append(f"Wall time of this invocation: {w['total']:.0f} s ({w['total'] / 60:.1f} min) on "
-             f"{results['machine']['cpus']} shared cores: {w['trained_now']} runs trained or resumed now, "
-             f"{w['reused']} reused; training {w['training']:.0f} s, evaluation {w['evaluation']:.0f} s, extra "
-             f"studies {w.get('extra', 0):.0f} s.\n")
-    inv = results.get("invocations", [])
-    if inv:
-        L.append("Invocations on this runs directory (UTC start, elapsed, runs trained):\n")
-        L += [f"- {i['started']}: `{shlex.join(i['command'])}`, {i['wall_s']:.0f} s, {i['trained_now']} runs trained"
-              for i in inv]
-        L.append("")
-    if "training_compute_s" in results:
-        L.append(f"Training compute of the method x point runs: {results['training_compute_s']:.0f} s "
-                 f"({results['training_compute_s'] / 3600:.2f} h).\n")
+    L += invocation_lines(results)
 
     t4 = results["experiments"].get("table4")
     if t4:

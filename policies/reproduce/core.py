@@ -621,7 +621,8 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
 
     def record(trained_now: int, training_s: float) -> None:
         # rewritten after every finished run, so an interrupted invocation still leaves its account behind
-        entry = {"command": command, "mode": mode, "started": started, "wall_s": time.perf_counter() - t0,
+        entry = {"command": command, "mode": mode, "started": started, "jobs": settings.jobs,
+                 "wall_s": time.perf_counter() - t0,
                  "trained_now": trained_now, "training_s": training_s,
                  "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "pid": os.getpid(), "boot": _boot_id()}
         tmp = current.with_suffix(".tmp")
@@ -671,7 +672,7 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
         "machine": {"cpus": os.cpu_count(), "torch_threads_per_run": 1, "jobs": settings.jobs},
     }
     # every invocation on this runs root, so a report re-made from reused runs still shows the run that trained them
-    entry = {"command": command, "mode": mode, "started": started,
+    entry = {"command": command, "mode": mode, "started": started, "jobs": settings.jobs,
              "wall_s": time.perf_counter() - t0, "trained_now": training["trained_now"], "training_s": training["wall_s"]}
     with log.open("a") as fh:
         fh.write(json.dumps(entry) + "\n")
@@ -716,7 +717,7 @@ def training_and_runs_sections(results: dict, labels: dict, *, decimals: int = 2
                  f"{sum(x['train_wall_s'] for x in rs) / len(rs):.0f} | "
                  f"{sum(x['episode_s_mean'] for x in rs) / len(rs):.{decimals}f} |")
     L.append("\nWall times are measured on a 2-core machine shared with other jobs (one torch thread per run, "
-             f"{results['machine']['jobs']} runs in parallel); they are upper bounds for an idle core.\n")
+             f"{training_parallelism(results)}); they are upper bounds for an idle core.\n")
     runs = list(results["runs"])
     hint = f" {evaluate_hint}" if evaluate_hint else ""
     L.append("## Runs\n")
@@ -770,13 +771,42 @@ def transfer_gaps(results: dict, metric: str) -> list[dict]:
     return out
 
 
+def _jobs_in(command: list[str]) -> int | None:
+    """The ``--jobs`` value of a logged command line, None if it has none (the paper's default then)."""
+    for i, arg in enumerate(command):
+        value = command[i + 1] if arg == "--jobs" and i + 1 < len(command) else (
+            arg.split("=", 1)[1] if arg.startswith("--jobs=") else None)
+        if value is not None and value.isdigit():
+            return int(value)
+    return None
+
+
+def training_parallelism(results: dict) -> str:
+    """How many runs trained side by side, e.g. "2 runs in parallel": from the invocations on the runs root that
+    trained runs (a report re-made from reused runs with another ``--jobs`` still names the training's), else
+    this invocation's ``--jobs``."""
+    seen = set()
+    for inv in results.get("invocations", []):
+        if inv.get("trained_now"):
+            jobs = inv.get("jobs") or _jobs_in(inv.get("command", []))
+            if jobs:
+                seen.add(int(jobs))
+    if not seen:
+        seen = {int(results["machine"]["jobs"])}
+    lo, hi = min(seen), max(seen)
+    if hi == 1:
+        return "one run at a time"
+    return f"{lo}-{hi} runs in parallel" if lo != hi else f"{hi} runs in parallel"
+
+
 def invocation_lines(results: dict) -> list[str]:
     """The report's account of its own cost: this invocation's wall time (training, evaluation), every
     invocation on the runs directory, and the training compute of all runs, as markdown lines."""
     w, m = results["wall_s"], results["machine"]
     L = [f"Wall time of this invocation: {w['total']:.0f} s ({w['total'] / 60:.1f} min) on {m['cpus']} shared "
          f"cores, {w['trained_now']} runs trained or resumed now, {w['reused']} reused; training "
-         f"{w['training']:.0f} s, evaluation {w['evaluation']:.0f} s.\n"]
+         f"{w['training']:.0f} s, evaluation {w['evaluation']:.0f} s"
+         + (f", the paper's extra studies {w['extra']:.0f} s" if w.get("extra", 0) >= 0.5 else "") + ".\n"]
     inv = results.get("invocations", [])
     if inv:
         L.append("Invocations on this runs directory (UTC start, elapsed, runs trained):\n")
@@ -785,6 +815,7 @@ def invocation_lines(results: dict) -> list[str]:
                      f"{i['trained_now']} runs trained" + (f" ({i['note']})" if i.get("note") else ""))
         L.append("")
     if "training_compute_s" in results:
-        L.append(f"Training compute, the sum of every run's training wall time: {results['training_compute_s']:.0f} s "
-                 f"({results['training_compute_s'] / 3600:.2f} h, {m['jobs']} runs in parallel).\n")
+        L.append("Training compute, the sum of the method x point runs' training wall times: "
+                 f"{results['training_compute_s']:.0f} s ({results['training_compute_s'] / 3600:.2f} h, "
+                 f"{training_parallelism(results)}).\n")
     return L

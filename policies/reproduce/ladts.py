@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.reproduce.core import (Experiment, Method, PaperSpec, Point, Settings, invocation_lines, transfer_gaps,
-                                     transfer_sentence, transferred_points)
+from policies.reproduce.core import (Experiment, Method, PaperSpec, Point, Settings, invocation_lines, training_parallelism,
+                                     transfer_gaps, transfer_sentence, transferred_points)
 from policies.reproduce.png import Panel, Series, figure
 
 TRAINED = ("ladts", "d2sac_ts", "sac_ts", "dqn_ts")
@@ -634,7 +634,7 @@ def write_report(results: dict, out: Path) -> None:
             L.append(f"| {lab[k]} | {t['runs']} | {t['wall_s']:.2f} | {cpu} | {cpud} | "
                      f"{AUTHORS_S_PER_EPISODE / t['wall_s']:.0f}x | {spd} |")
         L.append(f"\nEpisodes with updates only. Wall times are measured on a 2-core machine shared with other jobs "
-                 f"({results['machine']['jobs']} runs in parallel, one torch thread each); CPU time is the process time "
+                 f"({training_parallelism(results)}, one torch thread each); CPU time is the process time "
                  "of the run, independent of the sharing. The authors' code takes about 78 s per LAD-TS episode on this "
                  "machine (one actor call per task, one update per station per slot in Python).\n")
     L.append("## Runs\n")
