@@ -539,7 +539,7 @@ def write_report(results: dict, out: Path) -> None:
     rows = headline(results)
     results["headline"] = rows
     figs = _figures(results, out)
-    st, w = results["settings"], results["wall_s"]
+    st = results["settings"]
     labels = {k: v["label"] for k, v in results["methods"].items()}
     ex = results.get("extra", {})
     L = [f"# AIECOF / TOPPO (paper 002) reproduced: {results['title']}\n",
