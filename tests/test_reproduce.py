@@ -440,6 +440,22 @@ def test_invocation_lines_quote_arguments_with_spaces():
             in text), text
 
 
+def test_invocation_lines_list_invocations_in_start_order():
+    """invocations.jsonl holds a stopped invocation only from when the next one starts (it logs the
+    other's account), so the log's order is not the start order; the report lists them by start."""
+    from policies.reproduce.core import invocation_lines
+
+    def inv(started, n):
+        return {"started": started, "command": ["aigc-offload", "reproduce", "ladts", f"--seeds={n}"], "wall_s": 1.0,
+                "trained_now": n}
+
+    results = {"wall_s": {"total": 1.0, "trained_now": 0, "reused": 0, "training": 0.0, "evaluation": 1.0},
+               "machine": {"cpus": 2},
+               "invocations": [inv("2026-11-25 03:38:25", 1), inv("2026-11-25 01:31:08", 2), inv("2026-11-25 04:53:54", 3)]}
+    starts = [line[2:21] for line in invocation_lines(results) if line.startswith("- ")]
+    assert starts == ["2026-11-25 01:31:08", "2026-11-25 03:38:25", "2026-11-25 04:53:54"]
+
+
 def test_training_parallelism_names_the_training_invocations_jobs():
     """A report re-made with ``--jobs 1`` from runs that trained two at a time says they trained two at a time:
     the parallelism comes from the logged invocations that trained runs (their ``jobs``, else their command's

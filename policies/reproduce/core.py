@@ -810,7 +810,8 @@ def invocation_lines(results: dict) -> list[str]:
     inv = results.get("invocations", [])
     if inv:
         L.append("Invocations on this runs directory (UTC start, elapsed, runs trained):\n")
-        for i in inv:
+        # a stopped invocation is logged only when the next one starts: print them in start order
+        for i in sorted(inv, key=lambda i: i["started"]):
             L.append(f"- {i['started']}: `{shlex.join(i['command'])}`, {i['wall_s']:.0f} s ({i['wall_s'] / 60:.1f} min), "
                      f"{i['trained_now']} runs trained" + (f" ({i['note']})" if i.get("note") else ""))
         L.append("")
