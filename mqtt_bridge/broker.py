@@ -52,9 +52,25 @@ def _tool(name: str) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free TCP ports on ``host``.
+
+    The sockets stay bound until all ports are drawn: two calls of a bind-and-close helper may be
+    handed the same ephemeral port (CI saw a TLS and a plain listener on one port).
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @dataclass
@@ -140,6 +156,8 @@ def write_broker_config(directory: str | Path, *, tls_port: int, devices: Iterab
     on ``bind_address`` (for local measurements only). ``run_as``: the ``user`` mosquitto runs as;
     when it differs from the current user and we are root, the files are handed to it.
     """
+    if plain_port is not None and plain_port == tls_port:
+        raise ValueError(f"the TLS and the plain listener need different ports, both are {tls_port}")
     require_tools()
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True)
@@ -203,6 +221,10 @@ def write_broker_config(directory: str | Path, *, tls_port: int, devices: Iterab
     return BrokerFiles(d, conf, certs, pw_file, acl_file, data_dir, log_file, tls_port, plain_port, accounts)
 
 
+class _PortTaken(RuntimeError):
+    """mosquitto could not bind a listener port (another process holds it)."""
+
+
 class MosquittoBroker:
     """A mosquitto process on free loopback ports, configured by :func:`write_broker_config`.
 
@@ -221,13 +243,15 @@ class MosquittoBroker:
         self.directory = Path(directory)
         self.host = "localhost"
         run_as = "root" if os.geteuid() == 0 else None  # keep root's 0700 files readable
+        ports = free_ports(2 if plain_listener else 1)
         self.files = write_broker_config(
-            self.directory, tls_port=free_port(), plain_port=free_port() if plain_listener else None,
+            self.directory, tls_port=ports[0], plain_port=ports[1] if plain_listener else None,
             devices=devices, bridge_users=bridge_users, enterprise=enterprise, run_as=run_as,
             tcp_nodelay=tcp_nodelay, extra=extra)
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
         self._stderr = None
+        self._listened = False  # ports may be redrawn only before the first successful start
 
     @property
     def tls_port(self) -> int:
@@ -257,7 +281,33 @@ class MosquittoBroker:
         kw.update(overrides)
         return MqttSettings(**kw)
 
-    def start(self) -> MosquittoBroker:
+    def start(self, port_attempts: int = 3) -> MosquittoBroker:
+        """Start mosquitto and wait until it listens.
+
+        The ports were free when drawn, but another process may bind one before mosquitto does;
+        until the broker first listened, such a clash redraws the ports (``port_attempts`` tries).
+        """
+        for attempt in range(1, port_attempts + 1):
+            try:
+                return self._start_once()
+            except _PortTaken:
+                if self._listened or attempt == port_attempts:
+                    raise
+                self._redraw_ports()
+        raise AssertionError("unreachable")
+
+    def _redraw_ports(self) -> None:
+        old = [p for p in (self.files.tls_port, self.files.plain_port) if p is not None]
+        new = free_ports(len(old))
+        text = self.files.conf.read_text()
+        for o, n in zip(old, new):
+            text = text.replace(f"\nlistener {o} ", f"\nlistener {n} ")
+        self.files.conf.write_text(text)
+        self.files.tls_port = new[0]
+        if self.files.plain_port is not None:
+            self.files.plain_port = new[1]
+
+    def _start_once(self) -> MosquittoBroker:
         if self.proc is not None and self.proc.poll() is None:
             return self
         log_offset = self.files.log_file.stat().st_size if self.files.log_file.exists() else 0
@@ -268,8 +318,10 @@ class MosquittoBroker:
         ports = [p for p in (self.tls_port, self.plain_port) if p is not None]  # for messages
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.log_tail()}")
+                kind = _PortTaken if self._log_since(log_offset).count(b"Address already in use") else RuntimeError
+                raise kind(f"mosquitto exited with {self.proc.returncode}: {self.log_tail()}")
             if self._running_logged(log_offset):
+                self._listened = True
                 return self
             if time.monotonic() > deadline:
                 self.stop()
@@ -277,15 +329,18 @@ class MosquittoBroker:
                                    f"{self.log_tail()}")
             time.sleep(0.02)
 
-    def _running_logged(self, offset: int) -> bool:
-        # mosquitto logs "... running" after it opened every listener; a probe connection before
-        # that would only add TLS noise to the log.
+    def _log_since(self, offset: int) -> bytes:
         try:
             with open(self.files.log_file, "rb") as f:
                 f.seek(offset)
-                return b" running" in f.read()
+                return f.read()
         except FileNotFoundError:
-            return False
+            return b""
+
+    def _running_logged(self, offset: int) -> bool:
+        # mosquitto logs "... running" after it opened every listener; a probe connection before
+        # that would only add TLS noise to the log.
+        return b" running" in self._log_since(offset)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM (mosquitto saves its persistence file), SIGKILL if it does not exit."""

@@ -540,3 +540,32 @@ def test_paused_bridge_answers_waiting_requests_when_stopped(broker, clients):
     wait_for(lambda: bridge2.stats["accepted"] == 1, what="second request queued")
     bridge2.resume()
     assert handed.get(timeout=3).request.task_id == h2.task_id
+
+
+def test_broker_ports_are_distinct_and_a_taken_port_is_redrawn(tmp_path):
+    """CI once drew one ephemeral port for both listeners; a port taken after the draw is redrawn."""
+    import socket
+
+    from mqtt_bridge.broker import MosquittoBroker, free_ports, require_tools, write_broker_config
+
+    try:
+        require_tools()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    for _ in range(50):
+        ports = free_ports(3)
+        assert len(set(ports)) == 3
+    with pytest.raises(ValueError, match="different ports"):
+        write_broker_config(tmp_path / "same", tls_port=ports[0], plain_port=ports[0])
+    broker = MosquittoBroker(tmp_path / "taken", devices=[CAM1], plain_listener=True)
+    drawn = broker.tls_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", drawn))
+        squatter.listen(1)
+        broker.start()
+        try:
+            assert broker.tls_port != drawn and broker.plain_port not in (drawn, broker.tls_port)
+            with socket.create_connection(("127.0.0.1", broker.plain_port), timeout=5):
+                pass
+        finally:
+            broker.stop()

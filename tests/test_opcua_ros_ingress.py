@@ -26,7 +26,8 @@ ROS_OK = (importlib.util.find_spec("rclpy") is not None
           and importlib.util.find_spec("aigc_offload") is not None)
 pytestmark = pytest.mark.skipif(not ROS_OK, reason="ROS 2 wheels / interfaces / aigc_offload not installed")
 
-from test_opcua_devices import LoopThread, free_port, server_security, wait_for  # noqa: E402
+from mqtt_bridge.broker import free_ports  # noqa: E402
+from test_opcua_devices import LoopThread, server_security, wait_for  # noqa: E402
 
 from opcua_devices import model as m  # noqa: E402
 from opcua_devices.ingress import request_task_call  # noqa: E402
@@ -93,7 +94,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("opcua_ros")
     pki = make_lab_pki(tmp / "pki", ["plc01", "cam01"], ["gateway"], pbkdf2_iterations=2_000)
     loop = LoopThread()
-    urls = {d: f"opc.tcp://127.0.0.1:{free_port()}/aigc/" for d in ("plc01", "cam01")}
+    urls = {d: f"opc.tcp://127.0.0.1:{port}/aigc/" for d, port in zip(("plc01", "cam01"), free_ports(2))}
     devs = {"plc01": DeviceServer("plc01", "controller", urls["plc01"], server_security(pki, "plc01")),
             "cam01": DeviceServer("cam01", "camera", urls["cam01"], server_security(pki, "cam01"))}
     for d in devs.values():

@@ -31,10 +31,10 @@ from .runner import Graph, GatewayReadiness, IngressReadiness, die_with_parent
 CONTROLLERS_WAIT_S = 90.0
 
 
-def _free_port() -> int:
-    from mqtt_bridge.broker import free_port
+def _free_ports(count: int) -> list[int]:
+    from mqtt_bridge.broker import free_ports
 
-    return free_port()
+    return free_ports(count)  # drawn together: sequential draws may repeat a port
 
 
 def _child_env() -> dict[str, str]:
@@ -115,8 +115,7 @@ class PlantRun:
                             *[d.device_id for d in self.ctrl], "--clients", "gateway", *self.extra_clients,
                             "--hosts", "localhost", socket.gethostname()],  # asyncua checks its own host name
                            env=self.env, check=True, capture_output=True, text=True)
-            for d in self.ctrl:
-                port = _free_port()
+            for d, port in zip(self.ctrl, _free_ports(len(self.ctrl))):
                 self.endpoints.append(f"opc.tcp://localhost:{port}")
                 log = open(workdir / f"device_{d.device_id}.log", "w")  # noqa: SIM115 - the child keeps it
                 self.procs.append(subprocess.Popen(
