@@ -2,10 +2,12 @@
 the numbers come from the runs this invocation trained (re-evaluating a run gives its per-seed number)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -164,6 +166,17 @@ def test_status_lists_finished_partial_and_missing_runs_and_the_time_left(quick,
     assert "0 finished, 27 partial, 9 not started" in out and "maddpg_s0 3/5" in out
     assert "trained runs evaluated and cached at their points: 0 of 36" in out  # other runs: another key
     assert not list((root / "runs").glob("*/*_s3"))  # status trains nothing
+
+
+def test_episode_seconds_model_scales_a_method_to_a_point_measured_with_another():
+    from policies.reproduce.core import episode_seconds_model
+
+    est = episode_seconds_model({("small", "x"): 1.0, ("big", "x"): 3.0, ("small", "y"): 2.0, ("mid", "y"): 4.0})
+    assert est("small", "x") == 1.0  # measured cells are their own estimate
+    assert est("big", "y") == pytest.approx(6.0)  # y costs 2x x; "big" is 3x "small"
+    assert est("mid", "x") == pytest.approx(2.0)
+    assert est("new", "x") == pytest.approx(math.exp(np.mean(np.log([1.0, 3.0, 2.0]))))  # mean point size
+    assert est("small", "z") is None  # a method with no run
 
 
 def test_report_only_remakes_the_report_from_results_json(quick):

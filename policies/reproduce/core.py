@@ -549,10 +549,40 @@ def plan_points(spec: PaperSpec, settings: Settings) -> tuple[list, list, list[P
     return exps, plan, planned, trained
 
 
+def episode_seconds_model(cells: dict[tuple[str, str], float]):
+    """Seconds per training episode of (point, method) from the means measured in some of those cells.
+
+    A measured cell is its own estimate. The others come from a multiplicative fit, seconds = size of the
+    point x cost of the method (least squares on the logarithms), so that a point whose first runs are
+    slow (more stations, more tasks) prices its other methods as slow too. A point with no run yet is
+    priced at the mean point size (an underestimate for a point larger than all measured ones); a method
+    with no run yet: ``None``."""
+    logs = {k: math.log(v) for k, v in cells.items() if v > 0}
+    points = sorted({p for p, _ in logs})
+    methods = sorted({m for _, m in logs})
+    size = dict.fromkeys(points, 0.0)
+    cost = dict.fromkeys(methods, 0.0)
+    for _ in range(50):  # alternating means converge quickly on these few cells
+        for m in methods:
+            cost[m] = float(np.mean([v - size[p] for (p, mm), v in logs.items() if mm == m]))
+        for p in points:
+            size[p] = float(np.mean([v - cost[m] for (pp, m), v in logs.items() if pp == p]))
+    mean_size = float(np.mean(list(size.values()))) if size else 0.0
+
+    def estimate(point: str, method: str) -> float | None:
+        if (point, method) in cells:
+            return cells[(point, method)]
+        if method not in cost:
+            return None
+        return math.exp(size.get(point, mean_size) + cost[method])
+
+    return estimate
+
+
 def status(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
     """Which training runs of an invocation are finished, partial or missing under ``runs``, and the training
-    time left: each unfinished run's missing episodes at the mean seconds per episode of that method's
-    existing runs at the same point (else at any point), over ``settings.jobs`` runs in parallel. Trains
+    time left: each unfinished run's missing episodes at the seconds per episode of that method at that point
+    (measured, else :func:`episode_seconds_model`'s estimate), over ``settings.jobs`` runs in parallel. Trains
     nothing, evaluates nothing."""
     _, _, planned, trained = plan_points(spec, settings)
     per_episode: dict[tuple[str, str], list[float]] = {}  # (point, method) -> seconds per episode of its runs
@@ -567,16 +597,14 @@ def status(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
         state = "finished" if run_finished(out, settings.episodes) else "partial" if done else "missing"
         rows.append({"point": p.name, "method": m.key, "seed": seed, "dir": str(out), "state": state,
                      "episodes_done": min(done, settings.episodes), "episodes": settings.episodes})
-    by_method: dict[str, list[float]] = {}
-    for (_, k), v in per_episode.items():
-        by_method.setdefault(k, []).extend(v)
+    estimate = episode_seconds_model({k: float(np.mean(v)) for k, v in per_episode.items()})
     left_s, unknown = 0.0, 0
     for r in rows:
         if r["state"] == "finished":
             continue
-        sec = per_episode.get((r["point"], r["method"])) or by_method.get(r["method"])
-        if sec:
-            left_s += (r["episodes"] - r["episodes_done"]) * float(np.mean(sec))
+        sec = estimate(r["point"], r["method"])
+        if sec is not None:
+            left_s += (r["episodes"] - r["episodes_done"]) * sec
         else:
             unknown += 1
     count = {s: sum(r["state"] == s for r in rows) for s in ("finished", "partial", "missing")}
@@ -600,7 +628,8 @@ def print_status(st: dict) -> None:
               + (f", {miss} not started" if miss else ""))
     h = st["training_left_s"] / 3600
     print(f"{st['finished']} finished, {st['partial']} partial, {st['missing']} not started; training left about "
-          f"{h:.1f} h at the existing runs' seconds per episode" +
+          f"{h:.1f} h at the measured seconds per episode (scaled to points not measured for a method; points "
+          "with no run yet at the mean point size)" +
           (f" ({st['runs_without_estimate']} runs of methods with no run yet not counted)" if st["runs_without_estimate"]
            else ""))
     if "run_evaluations" in st:
