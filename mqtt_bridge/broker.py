@@ -287,14 +287,14 @@ class MosquittoBroker:
         The ports were free when drawn, but another process may bind one before mosquitto does;
         until the broker first listened, such a clash redraws the ports (``port_attempts`` tries).
         """
-        for attempt in range(1, port_attempts + 1):
+        for _ in range(port_attempts - 1):
             try:
                 return self._start_once()
             except _PortTaken:
-                if self._listened or attempt == port_attempts:
+                if self._listened:
                     raise
                 self._redraw_ports()
-        raise AssertionError("unreachable")
+        return self._start_once()
 
     def _redraw_ports(self) -> None:
         old = [p for p in (self.files.tls_port, self.files.plain_port) if p is not None]
@@ -318,8 +318,10 @@ class MosquittoBroker:
         ports = [p for p in (self.tls_port, self.plain_port) if p is not None]  # for messages
         while True:
             if self.proc.poll() is not None:
-                kind = _PortTaken if self._log_since(log_offset).count(b"Address already in use") else RuntimeError
-                raise kind(f"mosquitto exited with {self.proc.returncode}: {self.log_tail()}")
+                kind = _PortTaken if b"Address already in use" in self._log_since(log_offset) else RuntimeError
+                message = f"mosquitto exited with {self.proc.returncode}: {self.log_tail()}"
+                self.stop()  # closes the stderr file a retry would open again
+                raise kind(message)
             if self._running_logged(log_offset):
                 self._listened = True
                 return self
