@@ -229,6 +229,69 @@ def test_agent_adam_equals_separate_torch_adams_with_late_starters():
         torch.testing.assert_close(w[i].detach(), refs[i].detach(), rtol=1e-5, atol=1e-6)
 
 
+def _adam_per_parameter(params, m, v, t, active, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """AgentAdam.step's math one parameter at a time (the loop it replaced): the flat step must match bit for bit."""
+    on = active.to(torch.float32)
+    t += active.to(torch.float64)
+    tc = t.clamp(min=1.0)
+    step = on * (lr / (1.0 - b1 ** tc)).to(torch.float32)
+    bc2_sqrt = torch.sqrt(1.0 - b2 ** tc).to(torch.float32)
+    w1, w2, keep2 = on * (1.0 - b1), on * (1.0 - b2), 1.0 - on * (1.0 - b2)
+    with torch.no_grad():
+        for p, mi, vi in zip(params, m, v):
+            shape = (p.shape[0],) + (1,) * (p.dim() - 1)
+            g = p.grad
+            mi.lerp_(g, w1.view(shape))
+            vi.mul_(keep2.view(shape)).add_(g * g * w2.view(shape))
+            denom = (vi.sqrt() / bc2_sqrt.view(shape)).add_(eps)
+            p.sub_(mi * step.view(shape) / denom)
+
+
+def test_agent_adam_flat_step_is_bit_identical_to_the_per_parameter_loop():
+    torch.manual_seed(3)
+    A = 5
+    shapes = [(A, 27, 20), (A, 1, 20), (A, 20, 20), (A, 1, 20), (A, 20, 7), (A, 1, 7)]  # odd sizes: vector tails
+    params = [torch.randn(s, requires_grad=True) for s in shapes]
+    ref = [p.detach().clone().requires_grad_(True) for p in params]
+    ref_m, ref_v = [torch.zeros(s) for s in shapes], [torch.zeros(s) for s in shapes]
+    ref_t = torch.zeros(A, dtype=torch.float64)
+    opt = common.AgentAdam(params, A, lr=3e-3)
+    for k in range(40):
+        active = torch.rand(A) < 0.7
+        for p, r in zip(params, ref):
+            g = torch.randn(p.shape) * 10.0 ** float(torch.randint(-6, 2, ()))
+            p.grad, r.grad = g.clone(), g.clone()
+        opt.step(active)
+        _adam_per_parameter(ref, ref_m, ref_v, ref_t, active, 3e-3)
+    for p, r, m, rm, v, rv in zip(params, ref, opt.m, ref_m, opt.v, ref_v):
+        assert torch.equal(p, r) and torch.equal(m, rm) and torch.equal(v, rv)
+    assert torch.equal(opt.t, ref_t)
+    # the state round-trips through state_dict (the moments are views of one buffer) ...
+    other = common.AgentAdam([p.detach().clone() for p in params], A, lr=3e-3)
+    other.load_state_dict(opt.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(other.m + other.v, opt.m + opt.v))
+    # ... and a parameter without a gradient keeps its moments (the per-parameter path)
+    params[1].grad = None
+    for p in params[:1] + params[2:]:
+        p.grad = torch.randn(p.shape)
+    m1, m0 = opt.m[1].clone(), opt.m[0].clone()
+    opt.step(torch.ones(A, dtype=torch.bool))
+    assert torch.equal(opt.m[1], m1) and not torch.equal(opt.m[0], m0)
+
+
+def test_temperature_gradient_written_out_is_autograds():
+    """sac_update sets log alpha's gradient by hand (eq. 16); it must be the bits autograd gives."""
+    torch.manual_seed(4)
+    A = 6
+    log_alpha = (torch.randn(A) - 3.0).requires_grad_(True)
+    h = torch.rand(A, 64) * 2.5
+    mask = (torch.rand(A) < 0.6).to(torch.float32)
+    loss = (h - (-1.0)).mean(-1) * log_alpha.exp()
+    (loss * mask).sum().backward()
+    by_hand = mask * (h - (-1.0)).mean(-1) * log_alpha.detach().exp()
+    assert torch.equal(log_alpha.grad, by_hand)
+
+
 def test_station_replay_is_fifo_per_station_and_samples_valid_rows():
     pool = L.StationReplay(2, 4, {"v": 1})
     pool.add(np.array([0, 0, 0, 1]), v=np.array([1.0, 2.0, 3.0, 10.0]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -323,8 +324,16 @@ class AgentAdam:
             if p.shape[0] != agents:
                 raise ValueError(f"parameter of shape {tuple(p.shape)} has no leading agent dimension of {agents}")
         self.agents, self.lr, self.betas, self.eps = agents, lr, betas, eps
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
+        # The moments of all parameters live in one (agents, P) buffer each, and ``m`` / ``v`` are views of it
+        # shaped like the parameters: a step is ~12 element-wise ops on the flat buffers instead of ~11 per
+        # parameter. Element-wise math is the same per element, so the results are bit-identical to the
+        # per-parameter loop (tests/test_train_ladts.py checks this against that loop).
+        sizes = [p[0].numel() for p in self.params]
+        self._cols = [(int(e - n), int(e)) for n, e in zip(sizes, itertools.accumulate(sizes))]
+        self._m = torch.zeros(agents, sum(sizes), dtype=self.params[0].dtype if self.params else torch.float32)
+        self._v = torch.zeros_like(self._m)
+        self.m = [self._m[:, a:b].view(p.shape) for p, (a, b) in zip(self.params, self._cols)]
+        self.v = [self._v[:, a:b].view(p.shape) for p, (a, b) in zip(self.params, self._cols)]
         self.t = torch.zeros(agents, dtype=torch.float64)
 
     def zero_grad(self) -> None:
@@ -343,7 +352,17 @@ class AgentAdam:
         step = (on * (self.lr / (1.0 - b1 ** t)).to(torch.float32))  # 0 for the agents left alone
         bc2_sqrt = torch.sqrt(1.0 - b2 ** t).to(torch.float32)
         w1, w2, keep2 = on * (1.0 - b1), on * (1.0 - b2), 1.0 - on * (1.0 - b2)
-        for p, m, v in zip(self.params, self.m, self.v):
+        if all(p.grad is not None for p in self.params):
+            g = torch.cat([p.grad.reshape(self.agents, -1) for p in self.params], 1)
+            col = (self.agents, 1)
+            self._m.lerp_(g, w1.view(col))
+            self._v.mul_(keep2.view(col)).add_(g * g * w2.view(col))
+            denom = (self._v.sqrt() / bc2_sqrt.view(col)).add_(self.eps)
+            delta = self._m * step.view(col) / denom
+            for p, (a, b) in zip(self.params, self._cols):
+                p.sub_(delta[:, a:b].view(p.shape))
+            return
+        for p, m, v in zip(self.params, self.m, self.v):  # some parameter got no gradient: leave its moments
             if p.grad is None:
                 continue
             shape = (self.agents,) + (1,) * (p.dim() - 1)

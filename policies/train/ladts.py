@@ -139,13 +139,14 @@ def sinusoidal_embedding(k: np.ndarray | float, dim: int = 16) -> np.ndarray:
 class DenoisingActor(nn.Module):
     """LADN of Fig. 4, one per agent (ensemble): pi(.|s, x_I) = softmax(x_0) by I reverse steps.
 
-    forward(obs (A, n, 2+B), x_I (A, n, B), noise (A, n, I, B)) -> (pi (A, n, B), x_0 (A, n, B)).
+    forward(obs (A, n, 2+B), x_I (A, n, B), noise (A, n, I - 1, B)) -> (pi (A, n, B), x_0 (A, n, B)).
     For i = I..1 (noise slice k = I - i):
         eps = eps_theta(x_i, i, s)                         MLP([x_i, SinusEmb(i-1), s]) -> softmax (code)
         x0_hat = sqrt(1/lambdabar_i) x_i - sqrt(1/lambdabar_i - 1) eps        (eq. 11 inverted)
         x_{i-1} = coef1_i x0_hat + coef2_i x_i + sqrt(beta~_i) noise[k]       (eqs. 12-13, 10)
-    The last slice (i = 1) is multiplied by 0. No Python-side randomness: the caller passes the noise
-    (zeros for a deterministic chain) and, for LAD-TS, the stored latent as x_I (D2SAC-TS: N(0, I)).
+    Step i = 1 adds no noise (std 0), so noise has I - 1 slices (an I-th, if given, is not read). No Python-side
+    randomness: the caller passes the noise (zeros for a deterministic chain) and, for LAD-TS, the stored latent
+    as x_I (D2SAC-TS: N(0, I)).
     Gradients flow through all I steps (the noise is a reparameterised constant). The first layer's
     input is the concatenation [x_i, SinusEmb(i-1), s]; its s part is computed once per chain.
 
@@ -377,9 +378,9 @@ class Agents:
             return a.numpy(), None, None
         I = self.cfg.denoising_steps
         noisy = self.diffusion and mode != "deterministic"
-        z = torch.zeros(A, n_pad, I, A)  # chain noise of steps i = I..2 (the i = 1 slice stays 0: unused)
+        z = torch.zeros(A, n_pad, I - 1, A)  # chain noise of steps i = I..2 (step i = 1 adds none)
         if noisy and I > 1:
-            z[src_t, idx_t, : I - 1] = randn((K, I - 1, A))
+            z[src_t, idx_t] = randn((K, I - 1, A))
         x_read, x = None, None
         if self.cfg.method == "lad":
             x_read = self.latent[self.latent_rows(slot, src, idx)]
@@ -415,7 +416,7 @@ class Agents:
         def chain_inputs(x_key: str):
             if not self.diffusion:
                 return None, None
-            z = torch.cat([torch.randn(A, K, I - 1, A), torch.zeros(A, K, 1, A)], 2)  # fresh noise (spec 5.3)
+            z = torch.randn(A, K, I - 1, A)  # fresh noise of steps i = I..2 (spec 5.3)
             x = b[x_key] if cfg.method == "lad" else torch.randn(A, K, A)
             return x, z
 
@@ -426,34 +427,35 @@ class Agents:
             qt = self.critic_t(torch.cat([s2, s2])).view(2, A, K, A)
             v2 = (pi2 * torch.min(qt[0], qt[1])).sum(-1) + alpha[:, None] * entropy(pi2)
             y = r + cfg.gamma * v2
-        q = self.critic(torch.cat([s, s])).view(2, A, K, A)
+        ss, both = torch.cat([s, s]), torch.cat([active, active])  # inputs and mask of the 2A critics
+        q = self.critic(ss).view(2, A, K, A)
         q_a = q.gather(-1, a.unsqueeze(0).expand(2, A, K).unsqueeze(-1))[..., 0]
         critic_loss = ((q_a - y.unsqueeze(0)) ** 2).mean(-1)  # (2, A): MSE of Q_1 and Q_2 per station
         self.critic_opt.zero_grad()
         (critic_loss * mask).sum().backward()
-        self.critic_opt.step(torch.cat([active, active]))
+        self.critic_opt.step(both)
         n = float(mask.sum())
         if not actor_step:
-            common.soft_update_agents(self.critic_t, self.critic, cfg.tau, torch.cat([active, active]))
+            common.soft_update_agents(self.critic_t, self.critic, cfg.tau, both)
             return {"critic_loss": float((critic_loss.detach() * mask).sum()) / (2 * n)}
         # eq. 15 (code form): L_pi = mean(-alpha H - sum_a pi(a) min_j Q_j(s, a)), with the updated critics
         x, z = chain_inputs("latent")
         pi = self.actor(s, x, z)[0]
         with torch.no_grad():
-            q = self.critic(torch.cat([s, s])).view(2, A, K, A)
+            q = self.critic(ss).view(2, A, K, A)
             q_min = torch.min(q[0], q[1])
         h = entropy(pi)
         actor_loss = (-alpha[:, None] * h - (pi * q_min).sum(-1)).mean(-1)  # (A,)
         self.actor_opt.zero_grad()
         (actor_loss * mask).sum().backward()
         self.actor_opt.step(active)
-        # eq. 16 (code form): L_alpha = mean((H - H_target).detach() * alpha), Adam on log alpha
-        alpha_loss = (h.detach() - cfg.target_entropy).mean(-1) * self.log_alpha.exp()
-        self.alpha_opt.zero_grad()
-        (alpha_loss * mask).sum().backward()
+        # eq. 16 (code form): L_alpha = mean((H - H_target).detach() * alpha), Adam on log alpha. Its gradient
+        # d(sum_b mask_b L_alpha,b)/d log alpha_b = mask_b mean(H - H_target)_b alpha_b is written out (the
+        # products autograd would form, in its order), which saves a backward pass per update
+        self.log_alpha.grad = mask * (h.detach() - cfg.target_entropy).mean(-1) * self.log_alpha.detach().exp()
         self.alpha_opt.step(active)
         # eq. 17: soft update of the target critics
-        common.soft_update_agents(self.critic_t, self.critic, cfg.tau, torch.cat([active, active]))
+        common.soft_update_agents(self.critic_t, self.critic, cfg.tau, both)
         return {"critic_loss": float((critic_loss.detach() * mask).sum()) / (2 * n),
                 "actor_loss": float((actor_loss.detach() * mask).sum()) / n,
                 "entropy": float((h.detach().mean(-1) * mask).sum()) / n}
