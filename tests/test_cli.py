@@ -87,6 +87,18 @@ def test_evaluate_json_shape_and_trace_replay(tmp_path):
     assert gen["results"]["opt"]["latency_s"] < gen["results"]["random"]["latency_s"]
 
 
+def test_bench_train_times_both_update_rates_on_a_small_scene():
+    tiny = ["--set", "num_stations=3", "--set", "slots_per_episode=8", "--set", "learning_starts=10"]
+    out = json.loads(run("bench", "train", "--episodes", "2", *tiny, "--json", check=True).stdout)
+    one, three = out["settings"]["1"], out["settings"]["3"]
+    assert one["episodes_measured"] == three["episodes_measured"] == 2
+    assert three["updates_per_episode"] == 3 * one["updates_per_episode"] > 0
+    for r in (one, three):
+        assert r["cpu_s_per_episode"] > 0 and r["speedup_vs_authors_cpu"] == pytest.approx(78.0 / r["cpu_s_per_episode"])
+    bad = run("bench", "train", "--episodes", "1", *tiny[:4], "--set", "learning_starts=100000")
+    assert bad.returncode == 2 and "no episode" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_bench_env_json_shape():
     out = json.loads(run("bench", "env", "--json", check=True).stdout)
     assert set(out["scenarios"]) == {"mato", "gmel", "aiecof", "ladts", "edgeaigc", "factory"}

@@ -636,7 +636,9 @@ def write_report(results: dict, out: Path) -> None:
         L.append(f"\nEpisodes with updates only. Wall times are measured on a 2-core machine shared with other jobs "
                  f"({training_parallelism(results)}, one torch thread each); CPU time is the process time "
                  "of the run, independent of the sharing. The authors' code takes about 78 s per LAD-TS episode on this "
-                 "machine (one actor call per task, one update per station per slot in Python).\n")
+                 "machine (one actor call per task, one update per station per slot in Python). `aigc-offload bench "
+                 "train` times one LAD-TS process alone on a core, with 1 update per slot (the authors' amount of "
+                 "learning per episode) and 3 (ours).\n")
     L.append("## Runs\n")
     L.append("Run directories (each a policy for `aigc-offload evaluate`): " +
              ", ".join(f"`{d}`" for d in list(results["runs"])[:4]) + (" ..." if len(results["runs"]) > 4 else "") +
