@@ -9,7 +9,9 @@ password, QoS 1, persistent session, last will) that asks for tasks with the fac
 arrival process for its plant index (``opcua_devices.tasks.scenario_tasks``, the same draw the OPC
 UA controllers use) or replays its rows of a trace, runs its share locally when the decision says
 so (the cost-model executor at its CPU), and prints one JSON line per event (request, decision,
-result, error). SIGINT/SIGTERM stop every camera cleanly (offline status).
+result, error). SIGINT/SIGTERM stop every camera cleanly (offline status). When a finite source
+(a trace) runs out, a camera waits for its last tasks' results (at most their deadline plus
+``RESULT_GRACE_S``) before it stops.
 """
 
 from __future__ import annotations
@@ -29,6 +31,25 @@ from .topics import DeviceAddress
 
 _print_lock = threading.Lock()
 
+REQUIRED_KEYS = ("device_id", "site", "line", "index", "cpu_ghz", "port", "ca_file", "password_file")
+RESULT_GRACE_S = 10.0  # past a task's deadline, how long a camera whose source ran out waits for its result
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def spec_problem(specs) -> str | None:
+    """Why a parsed camera list cannot be used, as one sentence; None if it can."""
+    if not isinstance(specs, list) or not specs:
+        what = "an empty array" if isinstance(specs, list) else f"a JSON {_JSON_TYPES.get(type(specs), '?')}"
+        return f"it must be a non-empty JSON array of camera objects, not {what}"
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            return f"entry {i} is a JSON {_JSON_TYPES.get(type(spec), '?')}, not a camera object"
+        missing = [k for k in REQUIRED_KEYS if k not in spec]
+        if missing:
+            return f"entry {i} ({spec.get('device_id', 'no device_id')}) lacks {', '.join(missing)}"
+    return None
+
 
 def _emit(event: str, **fields) -> None:
     with _print_lock:
@@ -43,6 +64,7 @@ def run_camera(spec: dict, tasks, stop: threading.Event, t0: float, time_scale: 
     device = DeviceClient(settings, address, executor=True, device_cpu_ghz=float(spec["cpu_ghz"]), preset=preset)
     device.start()
     _emit("online", device_id=spec["device_id"])
+    pending = []  # (handle, monotonic time by which its result should have come)
     try:
         for task in tasks:
             delay = t0 + task.at_s * time_scale - time.monotonic()
@@ -58,9 +80,20 @@ def run_camera(spec: dict, tasks, stop: threading.Event, t0: float, time_scale: 
             handle = device.submit(req)
             _emit("request", device_id=spec["device_id"], task_id=req.task_id, model=req.model_name)
             for what, fut in (("decision", handle.decision), ("result", handle.result)):
+                # a payload's own task_id would collide with the keyword (TypeError: no event printed)
                 fut.add_done_callback(lambda f, what=what, tid=req.task_id: _emit(
-                    what, task_id=tid, **({"error": str(f.exception())} if f.exception()
-                                          else json.loads(f.result().to_json()))))
+                    what, **{"task_id": tid, **({"error": str(f.exception())} if f.exception()
+                                                else json.loads(f.result().to_json()))}))
+            pending = [p for p in pending if not p[0].result.done()]
+            pending.append((handle, time.monotonic() + req.deadline_s + RESULT_GRACE_S))
+        else:  # the source ran out (a trace): stopping now would drop the last tasks' results
+            for handle, by in pending:
+                while not handle.result.done() and time.monotonic() < by and not stop.is_set():
+                    stop.wait(0.05)
+                if not handle.result.done():
+                    _emit("no_result", device_id=spec["device_id"], task_id=handle.task_id,
+                          reason="stopped" if stop.is_set() else "no result by the deadline plus "
+                                                                 f"{RESULT_GRACE_S:g} s")
     finally:
         device.stop()
         _emit("offline", device_id=spec["device_id"])
@@ -82,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         specs = json.loads(Path(args.spec).read_text())
     except (OSError, ValueError) as exc:
         print(f"cameras: cannot read the camera list {args.spec}: {exc}", file=sys.stderr)
+        return 2
+    problem = spec_problem(specs)
+    if problem is not None:
+        print(f"cameras: unusable camera list {args.spec}: {problem}.", file=sys.stderr)
         return 2
     if args.source == "trace" and not args.trace:
         print("cameras: --source trace needs --trace FILE", file=sys.stderr)

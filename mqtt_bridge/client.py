@@ -64,6 +64,7 @@ from .topics import (
 log = logging.getLogger("mqtt_bridge")
 
 EXCERPT_BYTES = 200
+STOPPING_REASON = "the bridge is stopping and cannot hand this payload on; send it again"
 
 
 @dataclass
@@ -104,6 +105,16 @@ class RequestRefused(RuntimeError):
 def payload_excerpt(payload: bytes, limit: int = EXCERPT_BYTES) -> str:
     text = payload[:limit].decode("utf-8", errors="replace")
     return text + ("..." if len(payload) > limit else "")
+
+
+def encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (a lone surrogate, e.g. from JSON ``"\\ud800"``) as a
+    backslash escape: pydantic refuses such strings, and an error reply that echoes one must still build."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 class _Endpoint:
@@ -278,11 +289,18 @@ class _Endpoint:
         if fut is not None:
             fut.set_result(reason_code)
 
+    def _message_failed(self, msg: mqtt.MQTTMessage, exc: Exception) -> None:
+        pass
+
     def _on_message_safe(self, client, userdata, msg) -> None:
         try:
             self._handle_message(msg)
-        except Exception:  # never let one payload stop the network thread
+        except Exception as exc:  # never let one payload stop the network thread
             log.exception("%s: failed on a message on %s", self.client_id, msg.topic)
+            try:
+                self._message_failed(msg, exc)
+            except Exception:
+                log.exception("%s: could not answer the failed message on %s", self.client_id, msg.topic)
 
     # -- publishing ---------------------------------------------------------------------------
     def publish_raw(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
@@ -370,14 +388,14 @@ class BridgeClient(_Endpoint):
         self.on_execution = on_execution
         self.known_models = frozenset(known_models) if known_models is not None else None
         self.max_payload_bytes = max_payload_bytes
-        self._queue: queue.Queue[IncomingRequest | None] = queue.Queue(maxsize=queue_size)
-        self._exec_queue: queue.Queue[IncomingExecution | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[IncomingRequest] = queue.Queue(maxsize=queue_size)
+        self._exec_queue: queue.Queue[IncomingExecution] = queue.Queue(maxsize=queue_size)
         self._running = threading.Event()  # the dispatchers call the callbacks only while set
         if not paused:
             self._running.set()
         self._stopping = False
         self._addresses: dict[str, DeviceAddress] = {}
-        self._seen: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, ...], bytes] = OrderedDict()  # requests and execution reports
         self._dedupe_window = dedupe_window
         self._lock = threading.Lock()
         self.device_status: dict[str, DeviceStatus] = {}
@@ -427,9 +445,9 @@ class BridgeClient(_Endpoint):
                 log.warning("%s: could not publish offline status: %s", self.client_id, exc)
 
     def stop(self) -> None:
-        """Clean shutdown: the dispatchers finish the callback in progress, every request still
-        waiting in the hand-off queue gets an ``unavailable`` error reply, the bridge publishes
-        its offline status and disconnects."""
+        """Clean shutdown: the dispatchers finish the callback in progress and take nothing more,
+        every request still waiting in the hand-off queue, and every one arriving from now on, gets
+        an ``unavailable`` error reply, the bridge publishes its offline status and disconnects."""
         if self._started:
             self._stop_dispatcher()
             self._refuse_waiting()
@@ -441,14 +459,12 @@ class BridgeClient(_Endpoint):
         self._stop_dispatcher()
 
     def _stop_dispatcher(self) -> None:
-        self._stopping = True
-        for thread, q in ((self._dispatcher, self._queue), (self._exec_dispatcher, self._exec_queue)):
+        # set under the lock the hand-off queues are filled under: nothing is queued after this
+        with self._lock:
+            self._stopping = True
+        for thread in (self._dispatcher, self._exec_dispatcher):
             if thread is not None and thread.is_alive():
-                try:
-                    q.put_nowait(None)
-                except queue.Full:
-                    pass  # the dispatcher sees _stopping within 0.1 s
-                thread.join(5)
+                thread.join(5)  # the dispatchers see _stopping within 0.1 s, after the callback in progress
         self._dispatcher = self._exec_dispatcher = None
 
     def _refuse_waiting(self) -> None:
@@ -462,14 +478,19 @@ class BridgeClient(_Endpoint):
                     item = q.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
-                    continue
-                model = item.request if isinstance(item, IncomingRequest) else item.report
-                if isinstance(item, IncomingRequest):
-                    self.forget(item.address.device, model.task_id)
-                self.reply_error(item.address, ErrorCode.unavailable,
-                                 "the bridge stopped before it could hand this payload on; send it again",
-                                 model.to_json(), task_id=model.task_id, topic=item.topic)
+                self._refuse(item)
+
+    def _refuse(self, item: IncomingRequest | IncomingExecution) -> None:
+        """``unavailable`` for an acknowledged payload the bridge will not hand on; forgotten, so the
+        device's resend is not taken for a redelivery."""
+        if isinstance(item, IncomingRequest):
+            model = item.request
+            self.forget(item.address.device, model.task_id)
+        else:
+            model = item.report
+            self.forget(item.address.device, model.task_id, part=model.part)
+        self.reply_error(item.address, ErrorCode.unavailable, STOPPING_REASON, model.to_json(),
+                         task_id=model.task_id, topic=item.topic)
 
     def _subscriptions(self) -> list[str]:
         return [subscription(ch, self.enterprise, site=self.site)
@@ -508,21 +529,35 @@ class BridgeClient(_Endpoint):
             log.exception("%s: on_execution failed for task %s", self.client_id, item.report.task_id)
 
     def _dispatch(self, q: queue.Queue, call: Callable) -> None:
-        while True:
-            while not self._running.wait(0.1):  # paused: items wait in the queue (stop() answers them)
-                if self._stopping:
-                    return
+        # _stopping is checked before every item, not only on an empty queue: stop() must not wait for
+        # (or, after its join times out, disconnect under) callbacks for everything still queued
+        while not self._stopping:
+            if not self._running.wait(0.1):  # paused: items wait in the queue (stop() answers them)
+                continue
             try:
                 item = q.get(timeout=0.1)
             except queue.Empty:
-                if self._stopping:
-                    return
                 continue
-            if item is None:
+            if self._stopping:  # taken just as stop() began: answered like those still waiting
+                self._refuse(item)
                 return
             call(item)
 
     # -- incoming -------------------------------------------------------------------------------
+    def _message_failed(self, msg: mqtt.MQTTMessage, exc: Exception) -> None:
+        """A bug on this payload: the device still hears about it (when its topic has an error sibling)."""
+        payload = bytes(msg.payload)
+        task_id = None
+        try:
+            obj = json.loads(payload.decode("utf-8"))
+            if isinstance(obj, dict) and isinstance(obj.get("task_id"), str):
+                task_id = obj["task_id"]
+        except (ValueError, RecursionError):
+            pass
+        self._reply_error(msg.topic, ErrorCode.internal_error,
+                          f"the bridge failed on this payload ({type(exc).__name__}: {exc}); this is a bug, "
+                          f"please report it", payload, task_id=task_id)
+
     def _handle_message(self, msg: mqtt.MQTTMessage) -> None:
         self.stats["received"] += 1
         payload = bytes(msg.payload)
@@ -622,16 +657,8 @@ class BridgeClient(_Endpoint):
                                   f"task_id {req.task_id!r} was already used by a different request of "
                                   f"this device", payload, address=address, task_id=req.task_id)
             return
-        try:
-            self._queue.put_nowait(IncomingRequest(req, address, topic))
-        except queue.Full:
-            with self._lock:
-                self._seen.pop(key, None)
-            self._reply_error(topic, ErrorCode.overloaded,
-                              f"the bridge has {self._queue.maxsize} requests waiting; retry later",
-                              payload, address=address, task_id=req.task_id)
-            return
-        self.stats["accepted"] += 1
+        if self._hand_off(self._queue, IncomingRequest(req, address, topic), key, req.task_id, payload, "requests"):
+            self.stats["accepted"] += 1
 
     def _handle_execution(self, topic: str, address: DeviceAddress, payload: bytes) -> None:
         obj = self._decode(topic, address, payload)
@@ -664,21 +691,39 @@ class BridgeClient(_Endpoint):
                                   f"task {rep.task_id!r} already has a different {rep.part.value} execution "
                                   f"report from this device", payload, address=address, task_id=rep.task_id)
             return
-        try:
-            self._exec_queue.put_nowait(IncomingExecution(rep, address, topic))
-        except queue.Full:
-            with self._lock:
-                self._seen.pop(key, None)
-            self._reply_error(topic, ErrorCode.overloaded,
-                              f"the bridge has {self._exec_queue.maxsize} execution reports waiting; retry later",
-                              payload, address=address, task_id=rep.task_id)
-            return
-        self.stats["executions"] += 1
+        if self._hand_off(self._exec_queue, IncomingExecution(rep, address, topic), key, rep.task_id, payload,
+                          "execution reports"):
+            self.stats["executions"] += 1
 
-    def forget(self, device_id: str, task_id: str) -> None:
-        """Forget that a request was seen (its hand-off failed), so the device may send it again."""
+    def _hand_off(self, q: queue.Queue, item: IncomingRequest | IncomingExecution, key: tuple[str, ...],
+                  task_id: str, payload: bytes, what: str) -> bool:
+        """Queue a validated payload (acknowledged once this returns); when stopping or full, answer
+        it instead and forget its key so that the device's resend is taken."""
+        # under the lock stop() sets _stopping with: nothing is queued after stop() drained the queue
         with self._lock:
-            self._seen.pop((device_id, task_id), None)
+            stopping, full = self._stopping, False
+            if not stopping:
+                try:
+                    q.put_nowait(item)
+                except queue.Full:
+                    full = True
+            if stopping or full:
+                self._seen.pop(key, None)
+        if stopping:
+            self._reply_error(item.topic, ErrorCode.unavailable, STOPPING_REASON, payload, address=item.address,
+                              task_id=task_id)
+        elif full:
+            self._reply_error(item.topic, ErrorCode.overloaded,
+                              f"the bridge has {q.maxsize} {what} waiting; retry later", payload,
+                              address=item.address, task_id=task_id)
+        return not (stopping or full)
+
+    def forget(self, device_id: str, task_id: str, part: ExecutionPart | str | None = None) -> None:
+        """Forget that a request (``part`` None) or the execution report of ``part`` was seen (its
+        hand-off failed), so the device may send it again."""
+        key = (device_id, task_id) if part is None else (device_id, task_id, ExecutionPart(part).value)
+        with self._lock:
+            self._seen.pop(key, None)
 
     def reply_error(self, address: DeviceAddress, code: ErrorCode | str, reason: str, payload: bytes = b"", *,
                     task_id: str | None = None, topic: str | None = None) -> None:
@@ -690,7 +735,7 @@ class BridgeClient(_Endpoint):
         issues = []
         for err in exc.errors(include_url=False):
             loc = ".".join(str(p) for p in err.get("loc", ()))
-            issues.append(FieldIssue(field=loc, message=err.get("msg", "")))
+            issues.append(FieldIssue(field=encodable(loc), message=encodable(err.get("msg", ""))))
         summary = "; ".join(f"{i.field or '(payload)'}: {i.message}" for i in issues[:5])
         if len(issues) > 5:
             summary += f"; and {len(issues) - 5} more"
@@ -715,8 +760,10 @@ class BridgeClient(_Endpoint):
         if err_topic is None:
             log.error("%s: cannot derive an error topic from %r; error not delivered", self.client_id, topic)
             return
-        reply = ErrorReply(code=code, reason=reason[:2048], task_id=task_id[:256] if task_id else None,
-                           device_id=device[:256] if device else None, topic=topic[:1024],
+        # echoed strings come from the device: escape what cannot be encoded, or the reply itself fails
+        reply = ErrorReply(code=code, reason=encodable(reason)[:2048],
+                           task_id=encodable(task_id)[:256] if task_id else None,
+                           device_id=encodable(device)[:256] if device else None, topic=encodable(topic)[:1024],
                            payload_excerpt=payload_excerpt(payload), issues=issues or [])
         self._client.publish(err_topic, reply.to_json(), qos=1)
 
@@ -756,8 +803,15 @@ class TaskHandle:
     result: Future = field(default_factory=Future)  # -> TaskResult, or RequestRefused
     request: TaskRequest | None = None
     # -> the ExecutionReport the device published for its own share (only with an executor and a
-    # decision that gives the device work)
+    # decision that gives the device work), or RequestRefused if the bridge refused it first
     execution: Future = field(default_factory=Future)
+    # the bridge's ErrorReplies about that execution report (``overloaded`` and ``unavailable`` are retried)
+    execution_errors: list[ErrorReply] = field(default_factory=list)
+    execution_retries: int = 0
+
+
+EXECUTION_RETRIES = 5  # resends of an execution report the bridge answered 'overloaded' or 'unavailable'
+EXECUTION_BACKOFF_S = 0.2  # before the first resend; doubles with each
 
 
 class DeviceClient(_Endpoint):
@@ -771,6 +825,8 @@ class DeviceClient(_Endpoint):
     With an executor, a decision with target ``device`` makes the device run all of the task and
     report it with part ``whole``, a decision with ``0 < offload_share < 1`` its ``1 - share`` with
     part ``local``, on its ``execution`` topic; the terminal result still comes on the result topic.
+    An error reply about an execution report concerns that report only (``TaskHandle.execution_errors``);
+    an ``overloaded`` or ``unavailable`` one makes the device send the report again after a short backoff.
     """
 
     def __init__(self, settings: MqttSettings, address: DeviceAddress, *, client_id: str | None = None,
@@ -794,6 +850,14 @@ class DeviceClient(_Endpoint):
         self.unmatched: queue.Queue = queue.Queue()  # decisions/results/errors for no pending task
         self.executions_reported = 0
         self._ids = itertools.count(1)
+        # the reports published, kept past the task's result: an error reply about one may come after it
+        self._reported: OrderedDict[str, tuple[TaskHandle, ExecutionReport]] = OrderedDict()
+        self._retry_timers: dict[str, threading.Timer] = {}
+        self._closing = False
+
+    def start(self, wait: bool = True) -> None:
+        self._closing = False
+        super().start(wait)
 
     def _subscriptions(self) -> list[str]:
         return [self.address.topic(c) for c in (Channel.decision, Channel.result, Channel.error)]
@@ -838,6 +902,15 @@ class DeviceClient(_Endpoint):
             log.warning("%s: ignoring invalid payload on %s: %s", self.client_id, msg.topic, exc)
             return
         task_id = item.task_id
+        if isinstance(item, ErrorReply) and item.topic == self.address.topic(Channel.execution):
+            # about the device's own execution report, not a refusal of the request: the task goes on
+            with self._hlock:
+                sent = self._reported.get(task_id) if task_id else None
+            if sent is None:
+                self.unmatched.put(item)
+            else:
+                self._execution_refused(*sent, item)
+            return
         with self._hlock:
             handle = self._handles.get(task_id) if task_id else None
             if handle is not None and (isinstance(item, (TaskResult, ErrorReply))):
@@ -876,12 +949,50 @@ class DeviceClient(_Endpoint):
                                  state=ExecutionState.done if ok else ExecutionState.failed, reason=reason,
                                  compute_s=compute_s, energy_j=energy_j, output_bits=output_bits if ok else None,
                                  finished_at=utc_now())
+        with self._hlock:  # before publishing: the bridge's error reply may come at once
+            self._reported[request.task_id] = (handle, report)
+            while len(self._reported) > 1000:
+                self._reported.popitem(last=False)
         self.publish_raw(self.address.topic(Channel.execution), report.to_json(), qos=1)
         self.executions_reported += 1
         if not handle.execution.done():
             handle.execution.set_result(report)
 
+    def _execution_refused(self, handle: TaskHandle, report: ExecutionReport, err: ErrorReply) -> None:
+        handle.execution_errors.append(err)
+        # overloaded: the bridge's queue was full; unavailable: its ROS side could not take the report (and
+        # forgot it). Both ask for the report again; anything else about it would be refused again.
+        if err.code in (ErrorCode.overloaded, ErrorCode.unavailable) and handle.execution_retries < EXECUTION_RETRIES:
+            delay = 0.0 if self._closing else EXECUTION_BACKOFF_S * 2 ** handle.execution_retries
+            handle.execution_retries += 1
+            log.info("%s: the bridge answered %s; execution report of %s again in %.1f s", self.client_id,
+                     err.code.value, report.task_id, delay)
+            timer = threading.Timer(delay, self._resend_execution, args=(report,))
+            timer.daemon = True
+            with self._hlock:
+                self._retry_timers[report.task_id] = timer
+            timer.start()
+            return
+        log.warning("%s: the bridge refused the execution report of %s: %s: %s", self.client_id, report.task_id,
+                    err.code.value, err.reason)
+        if not handle.execution.done():
+            handle.execution.set_exception(RequestRefused(err))
+
+    def _resend_execution(self, report: ExecutionReport) -> None:
+        with self._hlock:
+            self._retry_timers.pop(report.task_id, None)
+        self.publish_raw(self.address.topic(Channel.execution), report.to_json(), qos=1)
+
     def stop(self) -> None:
-        super().stop()
+        """Clean shutdown while still connected: the local parts finish (or, past the runner's bound,
+        are reported as not run) and execution reports waiting for a retry go out; then the offline
+        status and the disconnect."""
+        self._closing = True
         if self._runner is not None:
             self._runner.stop()
+        with self._hlock:
+            timers, self._retry_timers = list(self._retry_timers.values()), {}
+        for timer in timers:
+            timer.cancel()
+            timer.function(*timer.args)
+        super().stop()

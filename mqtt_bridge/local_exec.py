@@ -85,6 +85,13 @@ def default_executor(device_cpu_ghz: float | None = None, *, preset: str = "fact
     return ShareCostModelExecutor(device_cpu_ghz, preset=preset, overrides=overrides, time_scale=time_scale)
 
 
+NOT_RUN_REASON = "the device stopped before it ran its part"
+
+
+class _StoppedMidway(Exception):
+    """The runner's stop deadline passed while a part ran."""
+
+
 class LocalRunner:
     """One worker thread with its own asyncio loop that runs the device's parts in FIFO order and
     calls ``report(context, request, part, ok, reason, compute_s, energy_j, output_bits)`` after each
@@ -94,24 +101,50 @@ class LocalRunner:
         self.executor = executor
         self.report = report
         self._q: queue.Queue[Any] = queue.Queue()
+        self._lock = threading.Lock()
+        self._deadline: float | None = None  # set by stop(): parts not finished by then are reported failed
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, request: TaskRequest, decision: Decision, skip: Callable[[], bool] | None = None,
                context: Any = None) -> bool:
-        """Queue the device's share of a decided task; False if the decision gives the device nothing."""
+        """Queue the device's share of a decided task; False if the decision gives the device nothing.
+        After :meth:`stop` the part is reported failed at once (the gateway still gets its terminal state)."""
         lp = local_part(decision)
         if lp is None:
             return False
-        self._q.put((request, decision, lp[0], lp[1], skip, context))
+        with self._lock:  # never queued behind the stop marker, where nothing would report it
+            stopped = self._deadline is not None
+            if not stopped:
+                self._q.put((request, decision, lp[0], lp[1], skip, context))
+        if stopped:
+            self._safe_report(context, request, lp[0], False, NOT_RUN_REASON, 0.0, 0.0, None)
         return True
 
     def pending(self) -> int:
         return self._q.qsize()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        self._q.put(None)
-        self._thread.join(timeout_s)
+        """Run the queued parts for up to ``timeout_s``; the ones not finished by then are reported
+        failed, so every part gets its report while the caller can still send it."""
+        with self._lock:
+            if self._deadline is None:
+                self._deadline = time.monotonic() + timeout_s
+                self._q.put(None)
+        self._thread.join(timeout_s + 2.0)
+        if self._thread.is_alive():
+            log.warning("%s: a local part is still running %.1f s after stop", self._thread.name, timeout_s)
+
+    async def _bounded(self, request: TaskRequest, decision: Decision):
+        task = asyncio.ensure_future(run_executor(self.executor, request, decision))
+        while True:  # polls: stop() may set the deadline while the part runs
+            left = None if self._deadline is None else self._deadline - time.monotonic()
+            if left is not None and left <= 0:
+                task.cancel()
+                raise _StoppedMidway(NOT_RUN_REASON + " to its end")
+            done, _ = await asyncio.wait({task}, timeout=0.1 if left is None else min(0.1, left))
+            if done:
+                return task.result()
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -124,12 +157,16 @@ class LocalRunner:
                 if skip is not None and skip():  # the task already ended (e.g. the remote part failed)
                     self._safe_report(context, request, part, None, None, 0.0, 0.0, None)
                     continue
+                if self._deadline is not None and time.monotonic() >= self._deadline:
+                    self._safe_report(context, request, part, False, NOT_RUN_REASON, 0.0, 0.0, None)
+                    continue
                 t0 = time.perf_counter()
                 ok, reason, bits = True, None, None
                 try:
-                    out = loop.run_until_complete(run_executor(self.executor, request,
-                                                               local_decision(decision, fraction)))
+                    out = loop.run_until_complete(self._bounded(request, local_decision(decision, fraction)))
                     bits = out.output_bits
+                except _StoppedMidway as exc:
+                    ok, reason = False, str(exc)
                 except Exception as exc:  # noqa: BLE001 - the executor's failure is the task's
                     ok, reason = False, f"local execution failed: {exc}"[:1024]
                 compute_s = time.perf_counter() - t0

@@ -488,6 +488,20 @@ class DeviceServer:
             except Exception:  # noqa: BLE001
                 log.exception("on_executed callback failed")
 
+    @staticmethod
+    def _output_violation(out: Any) -> str | None:
+        """How an executor's output breaks the TaskResult schema (first issue), or None."""
+        try:
+            TaskResult.model_validate({"task_id": "x", "device_id": "x", "state": TerminalState.done,
+                                       "finished_at": datetime.now(timezone.utc), "output_bits": out.output_bits,
+                                       "output_uri": out.output_uri})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(x) for x in err.get("loc", ())) or "output"
+            msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+            return f"{field} is invalid: {msg[:1].lower() + msg[1:]}"
+        return None
+
     async def _local_worker(self) -> None:
         """Runs the device's parts (whole tasks and local shares), one at a time, in decision order,
         and reports each run; the task's terminal state comes from the gateway."""
@@ -519,6 +533,16 @@ class DeviceServer:
                 compute_s = loop.time() - t0
                 if task.result is not None:
                     continue  # ended meanwhile (the gateway's deadline or a failed remote part)
+                violation = self._output_violation(out)
+                if violation is not None:
+                    # Reported as a failed run: an unreportable one would leave the task running, and
+                    # the sweeper waits for a running whole task forever.
+                    log.warning("device %s: local run of %s broke the result schema: %s", self.device_id, task_id,
+                                violation)
+                    await self._report(task, TerminalState.failed,
+                                       f"local execution failed: the executor's output breaks the result schema: "
+                                       f"{violation}"[:1024], wait_s, compute_s)
+                    continue
                 late = datetime.now(timezone.utc) > task.request.deadline_at()
                 await self._report(task, TerminalState.deadline_missed if late else TerminalState.done,
                                    "the local run finished after the deadline" if late else None, wait_s, compute_s,
@@ -627,6 +651,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("asyncua").setLevel(logging.WARNING)
 
+    def fail(sentence: str) -> int:
+        # bad input: one sentence and exit code 2, as argparse and the other CLIs (policies.cli, mqtt_bridge)
+        print(f"error: {sentence}", file=sys.stderr)
+        return 2
+
+    # before the PKI lookup: a bad id would otherwise be reported as a missing certificate
+    if not m.SAFE_ID_RE.match(args.device_id):
+        return fail(f"device id '{args.device_id}' is not 1-64 of [A-Za-z0-9_-]")
     if args.pki:
         from .pki import LabPki
 
@@ -640,17 +672,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --pki DIR, or --cert, --key and --trust-dir (and --users)")
     if not users and not args.allow_anonymous:
         parser.error("without --users nobody can log in; give --users or (lab only) --allow-anonymous")
+    # checked here: the server loads them only inside the event loop, where a miss is a traceback
+    for what, path, given in (("certificate", cert, args.cert), ("private key", key, args.key)):
+        if not Path(path).is_file():
+            if args.pki and not given:
+                return fail(f"device '{args.device_id}' is not enrolled in the PKI {args.pki} (no {what} {path}); "
+                            f"enrol it with python -m opcua_devices.pki --out {args.pki} --devices {args.device_id}")
+            return fail(f"the {what} file {path} does not exist")
     try:
         security = ServerSecurity.from_files(cert, key, trust, users, allow_anonymous=args.allow_anonymous)
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc))
 
+    from policies.errors import UserError
     from policies.workload import episode_rng
 
     from .tasks import default_device_index, make_factory_simulator, scenario_tasks, trace_tasks
 
-    sim = make_factory_simulator(args.preset)
+    try:
+        sim = make_factory_simulator(args.preset)
+    except UserError as exc:
+        return fail(str(exc))
     index = args.index if args.index is not None else default_device_index(sim, args.kind)
     planned: Iterable[PlannedTask] | None = None
     cpu = args.cpu_ghz
@@ -660,8 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             planned = list(trace_tasks(args.trace, None if index < 0 else index, preset=args.preset))
         except Exception as exc:  # noqa: BLE001  TraceError and friends: one sentence, no traceback
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return fail(str(exc))
         if cpu is None and planned:
             cpu = planned[0].device_cpu_ghz
     elif not 0 <= index < sim.M:
@@ -671,17 +712,33 @@ def main(argv: list[str] | None = None) -> int:
     if cpu is None and 0 <= index < sim.M:
         # The CPU the simulator drew for this device in episode 0 (what the policy was trained on).
         cpu = float(sim.generate_workload(episode_rng(args.seed, 0, 0), 0).params["device_cpu_ghz"][index])
-    device = DeviceServer(args.device_id, args.kind, f"opc.tcp://{args.host}:{args.port}/aigc/", security,
-                          preset=args.preset, device_cpu_ghz=cpu, tasks=planned, time_scale=args.time_scale,
-                          start_when_subscribed=args.start_when_subscribed,
-                          result_grace_s=args.result_grace_s)
+    try:
+        device = DeviceServer(args.device_id, args.kind, f"opc.tcp://{args.host}:{args.port}/aigc/", security,
+                              preset=args.preset, device_cpu_ghz=cpu, tasks=planned, time_scale=args.time_scale,
+                              start_when_subscribed=args.start_when_subscribed,
+                              result_grace_s=args.result_grace_s)
+    except ValueError as exc:
+        return fail(str(exc))
+    # asyncua logs a failed bind with its traceback before raising it; the error line below says it
+    logging.getLogger("asyncua.server.server").addFilter(
+        lambda record: record.msg != "%s error starting server")
 
-    async def run() -> None:
+    async def run() -> str | None:
+        """None after a signal; the sentence when the server cannot start."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with device:
+        try:
+            await device.start()
+        except OSError as exc:
+            if exc.filename:  # a certificate, key or trust file it cannot read
+                return f"device {args.device_id} cannot read {exc.filename}: {exc.strerror or exc}"
+            # the port is taken, the host unknown
+            return f"device {args.device_id} cannot serve on {device.endpoint}: {exc.strerror or exc}"
+        except ValueError as exc:  # a certificate or key file that is not one, an empty trust directory
+            return f"device {args.device_id} cannot start: {exc}"
+        try:
             # what the server keeps for its life leaves the collector's reach: full collections of
             # the loaded address space paused request handling for tens of ms
             gc.collect()
@@ -689,9 +746,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"device_id": args.device_id, "kind": args.kind, "endpoint": device.endpoint,
                               "namespace": m.NAMESPACE_URI}), flush=True)
             await stop.wait()
+        finally:
+            await device.stop()
+        return None
 
-    asyncio.run(run())
-    return 0
+    error = asyncio.run(run())
+    return fail(error) if error else 0
 
 
 if __name__ == "__main__":

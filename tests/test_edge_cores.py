@@ -175,10 +175,10 @@ def test_admit_miss_with_download_and_download_dedup():
     a1 = core.admit(t1)
     assert a1.accepted and a1.action == "download"
     assert t1.downloaded and not t1.cache_hit and core.counters["hits"] == 0
-    assert core.needs_download(t1) is True  # the first one starts the download
+    assert a1.starts_download is True  # the first one starts the download
     a2 = core.admit(t2)
     assert a2.action == "download"
-    assert core.needs_download(t2) is False  # one download per model at a time
+    assert a2.starts_download is False  # one download per model at a time
     assert core.downloading == {"b"}
     # b is pinned twice (two queued tasks need it), so finishing the download keeps it
     assert core.cache.pinned["b"] == 2
@@ -186,8 +186,38 @@ def test_admit_miss_with_download_and_download_dedup():
     assert core.cache.has("b") and core.downloading == set() and core.counters["downloads"] == 1
     # once cached, a task for b is a hit and needs no download
     t3 = etask("t3", model="b")
-    assert core.admit(t3).action == "queue" and t3.cache_hit
-    assert core.needs_download(t3) is False
+    a3 = core.admit(t3)
+    assert a3.action == "queue" and t3.cache_hit and not a3.starts_download
+
+
+def test_admit_registers_the_download_before_the_worker_can_take_the_task():
+    """admit() queues the task and wakes the worker; the node starts the download thread only after
+    admit returns. An idle worker that takes the task in that gap must find the download registered
+    (and wait for it), not fail the task with "could not fetch model" while the download goes ahead."""
+    in_wait = threading.Event()
+
+    class Clock(FakeClock):  # wait_for_model reads the clock only while it waits for a running download
+        def __call__(self) -> float:
+            if threading.current_thread() is not threading.main_thread():
+                in_wait.set()
+            return self.t
+
+    core = make_core(("a",), clock=Clock(100.0))
+    t = etask(model="b", download=True)
+    adm = core.admit(t)
+    assert adm.action == "download"
+    # the worker, before the node has done anything with the admission
+    assert core.next_task(0.01) is t
+    got: list[bool] = []
+    worker = threading.Thread(target=lambda: got.append(core.wait_for_model(t, until_s=1e12)), daemon=True)
+    worker.start()
+    while worker.is_alive() and not in_wait.wait(0.01):
+        pass
+    assert in_wait.is_set(), f"the worker gave the task up before its download started: {got}"
+    assert adm.starts_download and core.downloading == {"b"}
+    core.download_finished("b", True)  # the node's download thread, started after admit returned
+    worker.join(10)
+    assert got == [True]
 
 
 def test_admit_miss_without_download_forwards_to_a_holder():
@@ -342,19 +372,24 @@ def test_compute_s_is_work_over_cpu():
 def test_wait_for_model_false_when_the_download_failed():
     core = make_core(("a",))
     t = etask(model="b", download=True)
-    assert core.admit(t).action == "download" and core.needs_download(t)
-    assert core.download_finished("b", False) == []
+    assert core.admit(t).starts_download
+    assert core.download_finished("b", False, "Model b: disk full.") == []
     assert core.counters["download_failures"] == 1 and core.counters["downloads"] == 0
     assert not core.cache.has("b") and "b" not in core.downloading
     assert core.next_task(0.01) is t
     assert core.wait_for_model(t, until_s=1e12) is False  # returns at once, no waiting
+    assert core.fetch_error("b") == "Model b: disk full."  # what the worker tells the device
+    # the next miss downloads again (the failed download ended), and a success clears the error
+    t2 = etask("t2", model="b", download=True)
+    assert core.admit(t2).starts_download and core.downloading == {"b"}
+    core.download_finished("b", True)
+    assert core.fetch_error("b") == ""
 
 
 def test_wait_for_model_true_after_a_download_finishes_in_another_thread():
     core = make_core(("a",))
     t = etask(model="b", download=True)
-    core.admit(t)
-    assert core.needs_download(t)
+    assert core.admit(t).starts_download
     timer = threading.Timer(0.05, core.download_finished, args=("b", True))
     timer.start()
     try:
@@ -372,7 +407,6 @@ def test_wait_for_model_false_when_the_deadline_passed():
     core = make_core(("a",), clock=clock)
     t = etask(model="b", download=True)
     core.admit(t)
-    core.needs_download(t)
     assert core.wait_for_model(t, until_s=99.0) is False  # until_s already passed, download running
 
 
@@ -783,6 +817,22 @@ def test_sweep_expires_in_deadline_order_skips_finished_tasks_and_forgets_old_id
     clock.t = 103.01 + 60.01
     gw.sweep()
     assert gw.finished_ids == {}
+
+
+def test_a_reused_task_id_is_not_swept_by_the_deadline_of_the_task_that_had_it_before(sim2, hand_plant):
+    clock = FakeClock(100.0)
+    gw = make_gw(sim2, hand_plant, "local", clock, result_grace_s=0.5)
+    gw.decide(req("r", deadline=300.0))  # deadline 400
+    assert gw.on_result("r", PART_WHOLE, DONE, "", "device:d0").state == DONE  # at 100, long before it
+    clock.t = 160.5  # 60 s after it ended the id is forgotten: the device may use it again
+    assert gw.sweep() == [] and gw.finished_ids == {}
+    gw.decide(req("r", deadline=300.0, created=160.5))  # deadline 460.5
+    clock.t = 400.6  # past the first task's deadline + grace: its heap entry pops
+    assert gw.sweep() == [] and "r" in gw.tracked
+    clock.t = 461.1  # past the second's
+    (t,) = gw.sweep()
+    assert t.state == DEADLINE_MISSED and t.req.created_at_s == 160.5
+    assert gw.counters["deadline_missed"] == 1 and gw.counters["done"] == 1
 
 
 def test_results_for_unknown_or_finished_tasks_are_late(sim2, hand_plant):

@@ -1,7 +1,7 @@
 """The ROS 2 edge stack over real DDS between processes: the launch file against the runner, the
 gateway's lifecycle and policy refusal, a task from request to terminal result through gateway,
 edge servers and cloud, a cache miss that downloads and verifies, a corrupted download that is
-rejected and retried.
+rejected and retried, a download that cannot be stored, the edge server's configure refusals.
 
 Every test runs its nodes as their own processes on a random ROS_DOMAIN_ID (100-230) with
 discovery kept on the host, and stops every process it started.
@@ -367,6 +367,24 @@ def test_tasks_flow_from_request_to_one_terminal_result(tmp_path):
 
 
 # -- cache miss: download, verify, run; corrupted download rejected, then retried ------------------
+def clean_shutdown_logs(out: list) -> tuple[str, str]:
+    """The nodes' logs (and their tails, for messages) after asserting every node exited 0 without a traceback."""
+    logs = "\n".join(log for _rc, log in out)
+    tails = "\n".join(log[-2500:] for _rc, log in out)
+    assert all(rc == 0 for rc, _log in out), tails
+    assert "Traceback" not in logs, tails
+    return logs, tails
+
+
+def start_cloud_and_cold_edge(catalog, cache, domain: int, tmp_path) -> list:
+    """The cloud model server and edge0 with an empty cache in ``cache`` (32 KiB chunks), both autostarted."""
+    return [start_node("cloud_model_server", "cloud_model_server",
+                       {"catalog_dir": str(catalog), "max_chunk_bytes": 32768, "autostart": True}, domain, tmp_path),
+            start_node("edge_server", "edge0", {"server_id": "edge0", "cpu_ghz": 20.0, "storage_mb": 400.0,
+                                                "initial_models": [""], "cache_dir": str(cache), "forwarding": False,
+                                                "download_chunk_bytes": 32768, "autostart": True}, domain, tmp_path)]
+
+
 def test_cache_miss_downloads_verifies_runs_and_a_corrupted_download_is_refused(tmp_path):
     from aigc_offload.deployment import EXECUTION_RESULT_TOPIC
     from aigc_offload_interfaces.msg import Decision, TaskResult
@@ -375,11 +393,7 @@ def test_cache_miss_downloads_verifies_runs_and_a_corrupted_download_is_refused(
     domain = random.randint(100, 230)
     cat = make_catalog(tmp_path)
     cache = tmp_path / "cache"
-    procs = [start_node("cloud_model_server", "cloud_model_server",
-                        {"catalog_dir": str(cat), "max_chunk_bytes": 32768, "autostart": True}, domain, tmp_path),
-             start_node("edge_server", "edge0", {"server_id": "edge0", "cpu_ghz": 20.0, "storage_mb": 400.0,
-                                                 "initial_models": [""], "cache_dir": str(cache), "forwarding": False,
-                                                 "download_chunk_bytes": 32768, "autostart": True}, domain, tmp_path)]
+    procs = start_cloud_and_cold_edge(cat, cache, domain, tmp_path)
     ros = RosHarness(domain)
     results: dict[str, TaskResult] = {}
     result_count: dict[str, int] = {}
@@ -436,11 +450,106 @@ def test_cache_miss_downloads_verifies_runs_and_a_corrupted_download_is_refused(
     finally:
         ros.close()
         out = stop_nodes(procs)
-    logs = "\n".join(log for _rc, log in out)
-    tails = "\n".join(log[-2500:] for _rc, log in out)
-    assert all(rc == 0 for rc, _log in out), tails
-    assert "Traceback" not in logs, tails  # a clean shutdown, also of the edge server's I/O thread
+    logs, tails = clean_shutdown_logs(out)  # also of the edge server's I/O thread
     assert logs.count("Download of report-m failed") >= 3 and "the download was discarded" in logs, tails
+
+
+# -- a download that cannot be stored ends: its tasks fail at once with the cause, the next miss fetches again
+def test_a_download_that_cannot_be_stored_fails_its_tasks_at_once_and_the_next_miss_downloads_again(tmp_path):
+    """A directory where the verified model is to be renamed makes the rename fail (an OSError, not a
+    transport or verification error). The download must still end: both tasks waiting for it fail
+    well before their deadline with a reason naming the cause, and a later miss downloads again."""
+    from aigc_offload.deployment import EXECUTION_RESULT_TOPIC
+    from aigc_offload_interfaces.msg import Decision, TaskResult
+    from aigc_offload_interfaces.srv import SubmitTask
+
+    domain = random.randint(100, 230)
+    cat = make_catalog(tmp_path)
+    cache = tmp_path / "cache"
+    blocker = cache / "edge0" / "report-s-1.0.0.onnx"
+    blocker.mkdir(parents=True)
+    procs = start_cloud_and_cold_edge(cat, cache, domain, tmp_path)
+    ros = RosHarness(domain)
+    results: dict[str, TaskResult] = {}
+    try:
+        ros.node.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, lambda m: results.setdefault(m.task_id, m), 100)
+        submit = ros.node.create_client(SubmitTask, "/edge0/submit_task")
+        assert submit.wait_for_service(timeout_sec=45.0), "edge0 never served submit_task"
+
+        def hand(deadline_s: float = 12.0):
+            req = request_msg("plc01", "report-s", deadline_s=deadline_s)
+            dec = Decision(task_id=req.task_id, target_kind=Decision.TARGET_EDGE, target_index=0, target_id="edge0",
+                           offload_share=1.0, download_model=True, model_name="report-s")
+            return req.task_id, ros.call(submit, SubmitTask.Request(task=req, decision=dec), 30.0, attempt_s=5.0)
+
+        def wait(ids, timeout_s: float) -> None:
+            end = time.monotonic() + timeout_s
+            while not set(ids) <= set(results) and time.monotonic() < end:
+                time.sleep(0.02)
+
+        (t1, a1), (t2, a2) = hand(), hand()  # the second waits for the first one's download
+        assert (a1.accepted, a1.action, a2.accepted, a2.action) == (True, "download", True, "download")
+        wait([t1, t2], 8.0)  # not until the 12 s deadline
+        for tid in (t1, t2):
+            assert tid in results, f"{tid}: no result before the deadline; seen {results}"
+            r = results[tid]
+            assert r.state == TaskResult.FAILED and r.latency_s < 8.0, (r.state, r.reason)
+            assert "edge0 could not fetch model report-s" in r.reason and "Is a directory" in r.reason, r.reason
+        blocker.rmdir()  # the disk is usable again: the next miss fetches the model
+        t3, a3 = hand()
+        assert a3.action == "download", a3
+        wait([t3], 15.0)
+        assert t3 in results and results[t3].state == TaskResult.DONE, results.get(t3)
+        assert results[t3].model_downloaded
+    finally:
+        ros.close()
+        out = stop_nodes(procs)
+    logs, tails = clean_shutdown_logs(out)  # the download thread ended, it did not die
+    assert "Download of report-s failed" in logs, tails
+
+
+def test_edge_server_configure_failures_are_refused_with_one_log_line(tmp_path):
+    """Failures that used to escape on_configure (rclpy turns them into ERROR without a word): a cache
+    directory that cannot be created, an initial model that cannot be stored, a chunk size of 0.
+    Each autostarted server logs one "Refusing to configure" line naming the cause and exits non-zero."""
+    domain = random.randint(100, 230)
+    cat = make_catalog(tmp_path)
+    not_a_dir = tmp_path / "not_a_dir"
+    not_a_dir.write_text("a file where the cache directory should be")
+    blocked = tmp_path / "blocked"
+    (blocked / "edge1" / "report-s-1.0.0.onnx").mkdir(parents=True)  # the model cannot be renamed onto it
+    base = {"cpu_ghz": 20.0, "storage_mb": 400.0, "initial_models": [""], "forwarding": False,
+            "download_chunk_bytes": 32768, "autostart": True}
+    cases = {"edge0": ({"cache_dir": str(not_a_dir)},
+                       [f"cache directory '{not_a_dir / 'edge0'}' cannot be created", "Not a directory"]),
+             "edge1": ({"cache_dir": str(blocked), "initial_models": ["report-s"]},
+                       ["initial model 'report-s' could not be fetched", "Is a directory"]),
+             "edge2": ({"cache_dir": str(tmp_path / "ok"), "download_chunk_bytes": 0},
+                       ["download_chunk_bytes must be positive, got 0"])}
+    cloud = start_node("cloud_model_server", "cloud_model_server",
+                       {"catalog_dir": str(cat), "max_chunk_bytes": 32768, "autostart": True}, domain, tmp_path)
+    edges = {name: start_node("edge_server", name, {**base, "server_id": name, **params}, domain, tmp_path)
+             for name, (params, _want) in cases.items()}
+    logs: dict[str, tuple[int | None, str]] = {}
+    try:
+        end = time.monotonic() + 90.0
+        for name, p in edges.items():
+            try:
+                log, _ = p.communicate(timeout=max(end - time.monotonic(), 1.0))
+                logs[name] = (p.returncode, log)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        out = stop_nodes([cloud] + [p for name, p in edges.items() if name not in logs])
+    left = [name for name in edges if name not in logs]
+    assert not left, f"{left} did not exit after a failed configure:\n" + "\n".join(log[-2500:] for _rc, log in out)
+    for name, (_params, want) in cases.items():
+        rc, log = logs[name]
+        assert rc != 0, f"{name}: exit code {rc}\n{log[-3000:]}"
+        lines = [ln for ln in log.splitlines() if "Refusing to configure" in ln]
+        assert len(lines) == 1, f"{name}:\n{log[-3000:]}"
+        assert all(w in lines[0] for w in want), f"{name}: {lines[0]}"
+        assert "Traceback" not in log, f"{name}:\n{log[-3000:]}"
 
 
 # -- forwarding: a miss goes to the peer that holds the model; a forward that cannot land fails the task

@@ -569,3 +569,189 @@ def test_broker_ports_are_distinct_and_a_taken_port_is_redrawn(tmp_path):
                 pass
         finally:
             broker.stop()
+
+
+# -- review fixes: unencodable echoes, internal errors, stopping, execution-report errors -------------
+def test_unencodable_strings_are_escaped_in_error_replies(broker, clients):
+    """A lone surrogate (valid JSON, not encodable UTF-8) in an echoed string still gets its reply."""
+    start_bridge(broker, clients)
+    dev = start_device(broker, clients)
+    topic = CAM1.topic(Channel.request)
+    good = json.loads(make_request().to_json())
+    dev.publish_raw(topic, json.dumps({**good, "task_id": "\ud800"}).encode(), wait_s=3)
+    err = next_item(dev.unmatched, ErrorReply)
+    assert err.code == ErrorCode.schema_violation and err.task_id == "\\ud800", err
+    dev.publish_raw(topic, json.dumps({**good, "\udc00x": 1}).encode(), wait_s=3)
+    err = next_item(dev.unmatched, ErrorReply)
+    assert err.code == ErrorCode.schema_violation and err.task_id == good["task_id"], err
+
+
+def test_a_bridge_failure_on_a_message_gets_an_internal_error_reply(broker, clients):
+    from mqtt_bridge.client import RequestRefused
+
+    bridge = start_bridge(broker, clients)
+
+    def boom(*args):
+        raise RuntimeError("boom")
+
+    bridge._handle_request = boom  # stands in for a bug
+    dev = start_device(broker, clients)
+    h = dev.submit(make_request())
+    with pytest.raises(RequestRefused, match="internal_error") as exc:
+        h.decision.result(5)
+    assert "boom" in exc.value.reply.reason and bridge.error_counts["internal_error"] == 1
+
+
+def test_requests_arriving_while_the_bridge_stops_are_refused(broker, clients):
+    from mqtt_bridge.client import RequestRefused
+
+    box = []
+    bridge = start_bridge(broker, clients, on_request=answering(box))
+    box.append(bridge)
+    dev = start_device(broker, clients)
+    assert dev.request(make_request(), timeout_s=5).target.value == "edge"
+    late = []
+    publish_offline = bridge._before_stop
+
+    def slow_before_stop():  # a request lands while stop() publishes the offline status
+        late.append(dev.submit(make_request()))
+        try:
+            late[0].decision.exception(3)
+        except Exception:
+            pass
+        publish_offline()
+
+    bridge._before_stop = slow_before_stop
+    bridge.stop()
+    with pytest.raises(RequestRefused, match="unavailable"):
+        late[0].decision.result(0.1)
+
+
+def test_stop_does_not_wait_for_the_queued_requests_callbacks(broker, clients):
+    from mqtt_bridge.client import RequestRefused
+
+    box, entered_after_stop, stopped = [], [], []
+
+    def slow(inc):
+        entered_after_stop.append(bool(stopped))
+        time.sleep(0.3)
+        answering(box)(inc)
+
+    bridge = start_bridge(broker, clients, on_request=slow, paused=True)
+    box.append(bridge)
+    dev = start_device(broker, clients)
+    handles = [dev.submit(make_request()) for _ in range(20)]
+    wait_for(lambda: bridge.stats["accepted"] == 20, what="20 requests queued")
+    bridge.resume()
+    wait_for(lambda: entered_after_stop, what="the first callback")
+    t0 = time.monotonic()
+    bridge.stop()
+    took = time.monotonic() - t0
+    stopped.append(True)
+    time.sleep(0.4)
+    assert took < 2.0 and not any(entered_after_stop), (took, entered_after_stop)
+    refused = 0
+    for h in handles:  # each one decided (the callback in progress) or refused, none left waiting
+        try:
+            h.decision.result(3)
+        except RequestRefused as exc:
+            assert exc.reply.code == ErrorCode.unavailable
+            refused += 1
+    assert refused >= 20 - len(entered_after_stop)
+
+
+def test_execution_report_refused_at_stop_is_taken_when_sent_again(broker, clients):
+    got = queue.Queue()
+    bridge = start_bridge(broker, clients, on_execution=got.put, paused=True)
+    dev = start_device(broker, clients)
+    report = {"task_id": "e-stop", "device_id": "cam1", "part": "whole", "state": "done", "compute_s": 0.1,
+              "finished_at": "2025-06-01T08:30:00Z"}
+    dev.publish_raw(CAM1.topic(Channel.execution), json.dumps(report).encode(), wait_s=3)
+    wait_for(lambda: bridge.stats["executions"] == 1, what="report queued")
+    bridge.stop()
+    assert next_item(dev.unmatched, ErrorReply).code == ErrorCode.unavailable
+    bridge.start()
+    bridge.resume()
+    dev.publish_raw(CAM1.topic(Channel.execution), json.dumps(report).encode(), wait_s=3)
+    assert got.get(timeout=3).report.task_id == "e-stop"
+
+
+def _deciding_device(box):
+    def on_request(inc):
+        r = inc.request
+        box[0].publish_decision(Decision(task_id=r.task_id, device_id=r.device_id, target="device",
+                                         model_name=r.model_name, policy="p", decided_at=utc_now()))
+    return on_request
+
+
+def test_execution_report_errors_leave_the_task_pending_and_overloaded_is_resent(broker, clients):
+    from opcua_devices.executor import ExecutionOutput
+
+    box = []
+    # no on_execution: the reports wait in a hand-off queue of 1
+    bridge = start_bridge(broker, clients, on_request=_deciding_device(box), queue_size=1)
+    box.append(bridge)
+    dev = start_device(broker, clients, executor=lambda req, dec: ExecutionOutput(output_bits=8))
+    h1 = dev.submit(make_request())
+    h1.execution.result(5)
+    wait_for(lambda: bridge.stats["executions"] == 1, what="first report queued")
+    h2 = dev.submit(make_request())
+    h2.execution.result(5)
+    wait_for(lambda: h2.execution_errors, what="overloaded reply to the second report")
+    assert h2.execution_errors[0].code == ErrorCode.overloaded
+    assert not h2.result.done() and h2.decision.exception() is None
+    assert bridge.get_execution(timeout=2).report.task_id == h1.task_id
+    assert bridge.get_execution(timeout=5).report.task_id == h2.task_id  # sent again after a backoff
+    # an error about the execution report, not the request: the task still gets its result
+    bridge.reply_error(CAM1, ErrorCode.device_mismatch, "test", task_id=h1.task_id,
+                       topic=CAM1.topic(Channel.execution))
+    wait_for(lambda: h1.execution_errors, what="execution error at the device")
+    assert not h1.result.done()
+    for h in (h1, h2):
+        bridge.publish_result(TaskResult(task_id=h.task_id, device_id="cam1", state="done", executed_on="device",
+                                         latency_s=0.01, output_bits=8, finished_at=utc_now()))
+        assert h.result.result(5).state.value == "done"
+    assert dev.unmatched.empty()
+
+
+def test_device_stop_reports_its_queued_local_parts_before_disconnecting(broker, clients):
+    from opcua_devices.executor import ExecutionOutput
+
+    def slow(req, dec):
+        time.sleep(0.3)
+        return ExecutionOutput(output_bits=8)
+
+    box, got = [], queue.Queue()
+    bridge = start_bridge(broker, clients, on_request=_deciding_device(box), on_execution=got.put)
+    box.append(bridge)
+    dev = start_device(broker, clients, executor=slow)
+    handles = [dev.submit(make_request()) for _ in range(3)]
+    for h in handles:
+        h.decision.result(5)
+    dev.stop()
+    assert {got.get(timeout=3).report.task_id for _ in handles} == {h.task_id for h in handles}
+
+
+def test_local_runner_stop_is_bounded_and_reports_every_part():
+    import asyncio
+
+    from mqtt_bridge.local_exec import LocalRunner
+
+    async def forever(req, dec):
+        await asyncio.sleep(30)
+
+    reports = []
+    runner = LocalRunner(forever, lambda ctx, req, part, ok, reason, *rest: reports.append((req.task_id, ok, reason)))
+    decision = Decision(task_id="t", device_id="cam1", target="device", model_name="m", policy="p",
+                        decided_at=utc_now())
+    reqs = [make_request() for _ in range(3)]
+    for r in reqs:
+        runner.submit(r, decision)
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    runner.stop(timeout_s=0.5)
+    assert time.monotonic() - t0 < 1.5
+    assert [r[0] for r in reports] == [r.task_id for r in reqs]
+    assert all(ok is False and "stopped" in reason for _, ok, reason in reports), reports
+    late = make_request()
+    assert runner.submit(late, decision) and reports[-1][:2] == (late.task_id, False)

@@ -30,6 +30,7 @@ CAM = DeviceAddress("s1", "l2", "cam01")
 CAM_EXEC = DeviceAddress("s1", "l2", "cam02")
 CAM_BAD = DeviceAddress("s2", "l1", "cam03")
 BENCH = DeviceAddress("bench", "l1", "cam-bench")
+CAM_LOCAL = DeviceAddress("s9", "l1", "cam09")  # served by the in-process bridge node (site s9 only)
 
 
 def make_request(device: str, **kw):
@@ -133,7 +134,7 @@ def stack(tmp_path_factory):
         pytest.skip(str(exc))
     tmp = tmp_path_factory.mktemp("mqtt_ros")
     domain = random.randint(100, 230)
-    broker = MosquittoBroker(tmp / "mosq", devices=[CAM, CAM_EXEC, CAM_BAD, BENCH])
+    broker = MosquittoBroker(tmp / "mosq", devices=[CAM, CAM_EXEC, CAM_BAD, BENCH, CAM_LOCAL])
     broker.start()
     proc = gw = None
     try:
@@ -175,6 +176,39 @@ def devices(stack):
             d.stop()
         except Exception:
             pass
+
+
+@pytest.fixture
+def local_node(stack):
+    """A bridge node in this process on its own random ROS domain, configured against the stack's
+    broker for site s9 only (the bridge process keeps the other sites), so a test can drive its
+    handlers at a chosen moment. Returns the configured node (connected, paused); stopped after."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from aigc_offload import mqtt_bridge_node as mbn
+
+    tag = uuid.uuid4().hex[:6]
+    pw = stack.tmp / f"local-{tag}.password"
+    pw.write_text(stack.broker.password("bridge") + "\n")
+    params = dict(host=stack.broker.host, port=stack.broker.tls_port, tls=True, ca_file=str(stack.broker.ca_file),
+                  password_file=str(pw), site=CAM_LOCAL.site, bridge_id=f"local-{tag}")
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=random.randint(150, 230))
+    node = mbn.MqttBridgeNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS and node.bridge is not None
+        yield node
+    finally:
+        node._teardown()
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
+
+
+def subscribed(dev) -> bool:
+    return dev.connected.is_set() and not dev._sub_mids  # every SUBACK seen
 
 
 def test_request_reaches_ros_and_decision_and_result_reach_the_device(stack, devices):
@@ -296,6 +330,35 @@ def test_bad_payloads_get_error_replies_and_the_bridge_keeps_working(stack, devi
     assert stack.proc.poll() is None
 
 
+def test_a_result_the_device_schema_cannot_hold_still_ends_the_task(stack, devices):
+    """A gateway result whose output_uri is longer than the device schema allows is truncated (as the OPC UA
+    ingress does); one that still cannot be converted (a NaN latency) reaches the device as failed, with
+    the reason: the bridge forgot the task on taking the result, so the device would never hear its end."""
+    from aigc_offload.messages import from_time, result_msg
+    from aigc_offload_interfaces.msg import TaskResult
+
+    dev = devices(CAM)
+    uri = "https://edge1.factory.example/out/" + "x" * 3000
+    for tweak in ("long_uri", "nan_latency"):
+        req = make_request(CAM.device)
+        handle = dev.submit(req)
+        m = stack.gw.request(req.task_id)
+        out = result_msg(m.task_id, m.device_id, m.origin, TaskResult.DONE, "",
+                         created_at_s=from_time(m.created_at), executed_on="edge:edge1")
+        if tweak == "long_uri":
+            out.output_uri = uri
+        else:
+            out.latency_s = float("nan")
+        stack.gw.result_pub.publish(out)
+        res = handle.result.result(5)
+        if tweak == "long_uri":
+            assert res.state.value == "done" and res.output_uri == uri[:2048] and res.executed_on == "edge:edge1"
+        else:
+            assert res.state.value == "failed" and "could not be converted" in res.reason, res
+            assert "latency_s" in res.reason and len(res.reason) <= 1024
+    assert stack.proc.poll() is None
+
+
 def test_wrong_password_or_unreachable_broker_refuses_configure_and_exits_nonzero(stack):
     from mqtt_bridge.bench_ros import start_bridge_node, stop_process
     from mqtt_bridge.broker import free_port
@@ -338,35 +401,107 @@ def test_latency_mqtt_request_to_ros_task_request(stack):
     assert m["answered"] == m["sent"]  # nothing lost
 
 
-def test_remembered_tasks_expire_in_time_order_and_settled_ones_are_not_counted(monkeypatch):
+def test_remembered_tasks_expire_in_time_order_and_settled_ones_are_not_counted(stack, devices, local_node,
+                                                                                   monkeypatch):
     """The bridge forgets a task once its deadline plus task_retention_s has passed, popping expiries in time
     order (not scanning every remembered task under the lock); a task settled or replaced before is not
-    expired again."""
-    import rclpy
-    from rclpy.context import Context
-
+    expired again. A task forgotten that way never saw a terminal state (no gateway active, or one that
+    lost it): the device gets deadline_missed with the reason, never silence."""
     from aigc_offload import mqtt_bridge_node as mbn
 
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=random.randint(150, 230))
-    node = mbn.MqttBridgeNode(context=ctx)
-    try:
-        addr = DeviceAddress("factory", "plant1", "line1", "cam01")
-        a, b, c = mbn._Task(addr, 0.0, 30.0), mbn._Task(addr, 0.0, 10.0), mbn._Task(addr, 0.0, 20.0)
-        for tid, t in (("a", a), ("b", b), ("c", c)):
-            assert node._remember(tid, t) is None
-        with node._lock:
-            del node._tasks["c"]  # settled by its terminal result
-        monkeypatch.setattr(mbn.time, "time", lambda: 15.0)
-        node._expire()
-        assert list(node._tasks) == ["a"] and node.counters["expired"] == 1
-        node._remember("b", mbn._Task(addr, 0.0, 40.0))  # the id again, later: the old expiry does not touch it
-        monkeypatch.setattr(mbn.time, "time", lambda: 35.0)
-        node._expire()
-        assert list(node._tasks) == ["b"] and node.counters["expired"] == 2
-        monkeypatch.setattr(mbn.time, "time", lambda: 41.0)
-        node._expire()
-        assert not node._tasks and node.counters["expired"] == 3 and not node._expiries
-    finally:
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
+    dev = devices(CAM_LOCAL)
+    wait_for(lambda: subscribed(dev), 5, "the device's subscriptions")
+    node, addr = local_node, CAM_LOCAL
+    a, b, c = mbn._Task(addr, 0.0, 30.0), mbn._Task(addr, 0.0, 10.0), mbn._Task(addr, 0.0, 20.0)
+    for tid, t in (("a", a), ("b", b), ("c", c)):
+        assert node._remember(tid, t) is None
+    with node._lock:
+        del node._tasks["c"]  # settled by its terminal result
+    monkeypatch.setattr(mbn.time, "time", lambda: 15.0)
+    node._expire()
+    assert list(node._tasks) == ["a"] and node.counters["expired"] == 1
+    node._remember("b", mbn._Task(addr, 0.0, 40.0))  # the id again, later: the old expiry does not touch it
+    monkeypatch.setattr(mbn.time, "time", lambda: 35.0)
+    node._expire()
+    assert list(node._tasks) == ["b"] and node.counters["expired"] == 2
+    monkeypatch.setattr(mbn.time, "time", lambda: 41.0)
+    node._expire()
+    assert not node._tasks and node.counters["expired"] == 3 and not node._expiries
+    monkeypatch.undo()
+    got = [dev.unmatched.get(timeout=5) for _ in range(3)]
+    assert [(r.task_id, r.state.value, r.finished_at.timestamp()) for r in got] == [
+        ("b", "deadline_missed", 15.0), ("a", "deadline_missed", 35.0), ("b", "deadline_missed", 41.0)]
+    assert all("no terminal state arrived from the gateway" in r.reason for r in got), got[0].reason
+    assert got[1].latency_s == 35.0 and got[0].device_id == CAM_LOCAL.device
+    with pytest.raises(queue.Empty):
+        dev.unmatched.get(timeout=0.5)  # nothing for the settled task c
+
+
+def test_request_a_dispatcher_takes_while_the_bridge_stops_gets_an_unavailable_reply(stack, devices, local_node):
+    """Deactivate stops the BridgeClient; a request or execution report its dispatcher took from the hand-off
+    queue in that moment is no longer queued (stop()'s replies miss it), so the handler itself must answer it.
+    Deterministic: the handlers run from inside BridgeClient.stop(), as a dispatcher finishing its callback
+    does while stop() joins it."""
+    from mqtt_bridge.client import IncomingExecution, IncomingRequest
+    from mqtt_bridge.schemas import ErrorCode, ErrorReply, ExecutionReport, utc_now
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    dev = devices(CAM_LOCAL)
+    wait_for(lambda: subscribed(dev), 5, "the device's subscriptions")
+    node = local_node
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    bridge = node.bridge
+    req = make_request(CAM_LOCAL.device)
+    rep = ExecutionReport(task_id=req.task_id, device_id=CAM_LOCAL.device, part="whole", state="done",
+                          compute_s=0.1, finished_at=utc_now())
+    stop = bridge.stop
+
+    def stop_with_a_callback_in_flight():
+        node._on_mqtt_request(IncomingRequest(req, CAM_LOCAL, CAM_LOCAL.topic(Channel.request)))
+        node._on_mqtt_execution(IncomingExecution(rep, CAM_LOCAL, CAM_LOCAL.topic(Channel.execution)))
+        stop()
+
+    bridge.stop = stop_with_a_callback_in_flight
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert node.bridge is None
+    errors = []
+    while len(errors) < 2:
+        item = dev.unmatched.get(timeout=5)
+        if isinstance(item, ErrorReply):
+            errors.append(item)
+    assert {(e.task_id, e.code, e.topic) for e in errors} == {
+        (req.task_id, ErrorCode.unavailable, CAM_LOCAL.topic(Channel.request)),
+        (req.task_id, ErrorCode.unavailable, CAM_LOCAL.topic(Channel.execution))}
+    assert all("send" in e.reason and "again" in e.reason for e in errors)
+    assert req.task_id not in node._tasks and node.counters["handoff_failures"] == 1
+
+
+def test_execution_report_the_ros_side_could_not_take_is_accepted_when_sent_again(stack, devices, local_node):
+    """A report the node cannot publish on ROS gets 'unavailable ... send again', and the bridge forgets
+    it: the same report sent again is taken, not dropped as a redelivery."""
+    from mqtt_bridge.schemas import ErrorCode, ErrorReply
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    dev = devices(CAM_LOCAL)
+    wait_for(lambda: subscribed(dev), 5, "the device's subscriptions")
+    node = local_node
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    real, sent = node._exec_pub, []
+
+    class FailsOnce:
+        def publish(self, msg):
+            if not sent:
+                sent.append("refused")
+                raise RuntimeError("middleware hiccup")
+            sent.append(msg.task_id)
+            real.publish(msg)
+
+    node._exec_pub = FailsOnce()
+    report = json.dumps({"task_id": "x-again", "device_id": CAM_LOCAL.device, "part": "whole", "state": "done",
+                         "compute_s": 0.1, "finished_at": "2025-06-01T08:30:00Z"}).encode()
+    dev.publish_raw(CAM_LOCAL.topic(Channel.execution), report, wait_s=3)
+    err = dev.unmatched.get(timeout=5)
+    assert isinstance(err, ErrorReply) and err.code == ErrorCode.unavailable and "middleware hiccup" in err.reason
+    dev.publish_raw(CAM_LOCAL.topic(Channel.execution), report, wait_s=3)
+    wait_for(lambda: node.counters["executions"] == 1, 5, "the report sent again taken")
+    assert sent == ["refused", "x-again"]

@@ -11,9 +11,12 @@ import asyncio
 import itertools
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +25,7 @@ from asyncua import Client, ua
 
 from mqtt_bridge.schemas import Decision, TaskRequest, TaskResult, TerminalState
 from opcua_devices import model as m
-from opcua_devices.executor import CostModelExecutor
+from opcua_devices.executor import CostModelExecutor, ExecutionOutput
 from opcua_devices.ingress import DeliveryRefused, IngressSettings, OpcuaIngress, request_task_call
 from opcua_devices.pki import client_application_uri, make_lab_pki, self_signed_certificate
 from opcua_devices.security import (
@@ -585,3 +588,84 @@ def test_arrivals_start_when_a_gateway_subscribes(loop, pki):
     finally:
         ing.stop()
         loop.run(dev.stop())
+
+
+def test_executor_output_breaking_the_schema_is_a_failed_run(loop, pki):
+    """An executor output the result schema refuses (negative size, over-long URI) is reported as a
+    failed run naming the violation, and the task still ends (it used to stay running forever)."""
+    outputs = iter([ExecutionOutput(output_bits=-8),
+                    ExecutionOutput(output_bits=8, output_uri="http://x/" + "a" * 3000)])
+
+    async def bad_executor(request, decision):
+        return next(outputs)
+
+    runs: list[m.ExecutionReport] = []
+    finished: list[TaskResult] = []
+    url = f"opc.tcp://127.0.0.1:{free_port()}/aigc/"
+    dev = DeviceServer("plc01", "controller", url, server_security(pki, "plc01"), executor=bad_executor,
+                       result_grace_s=0.2, on_executed=runs.append, on_finished=finished.append)
+    loop.run(dev.start())
+    try:
+        ids = [loop.run(dev.request_task("report", "report-s", 8_000, 64, 1.0)) for _ in range(2)]
+        for tid in ids:
+            loop.run(dev.deliver_decision(Decision(task_id=tid, device_id="plc01", target="device",
+                                                   model_name="report-s", policy="p",
+                                                   decided_at=datetime.now(timezone.utc))))
+        wait_for(lambda: len(runs) == 2, 10, "two execution reports")
+        assert [r.result.task_id for r in runs] == ids
+        assert all((r.part, r.result.state) == ("whole", TerminalState.failed) for r in runs)
+        assert "output_bits" in runs[0].result.reason and "greater than or equal to 0" in runs[0].result.reason
+        assert "output_uri" in runs[1].result.reason and "2048" in runs[1].result.reason
+        # no gateway answers: each task ends with its run's outcome after deadline plus grace
+        wait_for(lambda: len(finished) == 2, 10, "two terminal states")
+        assert sorted((r.task_id, r.state) for r in finished) == [(t, TerminalState.failed) for t in sorted(ids)]
+        assert not dev._tasks
+    finally:
+        loop.run(dev.stop())
+
+
+def _run_server_cli(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen([sys.executable, "-m", "opcua_devices.server", "--source", "none", *args],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:  # it started serving after all: stop it
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _assert_one_sentence(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(n in last for n in needles), proc.stderr
+
+
+def test_server_cli_bad_setup_is_one_sentence_not_a_traceback(pki):
+    # a device the PKI has no certificate for
+    proc = _run_server_cli("--kind", "camera", "--device-id", "cam09", "--port", str(free_port()),
+                           "--pki", str(pki.root))
+    _assert_one_sentence(proc, "cam09", "not enrolled", "--devices cam09")
+    # a --cert that does not exist
+    missing = str(pki.root / "nowhere" / "cert.der")
+    proc = _run_server_cli("--kind", "camera", "--device-id", "cam01", "--port", str(free_port()),
+                           "--pki", str(pki.root), "--cert", missing)
+    _assert_one_sentence(proc, missing, "does not exist")
+    # a device id that is not one
+    proc = _run_server_cli("--kind", "camera", "--device-id", "cam 01", "--port", str(free_port()),
+                           "--pki", str(pki.root))
+    _assert_one_sentence(proc, "device id 'cam 01'")
+    # a port another process listens on
+    blocker = socket.socket()
+    try:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        port = blocker.getsockname()[1]
+        proc = _run_server_cli("--kind", "camera", "--device-id", "cam01", "--host", "127.0.0.1", "--port",
+                               str(port), "--pki", str(pki.root))
+    finally:
+        blocker.close()
+    _assert_one_sentence(proc, f"127.0.0.1:{port}", "address already in use")

@@ -63,6 +63,7 @@ class Admission:
     action: str  # "queue" | "download" | "forward:<server_id>" | "cloud" | "reject"
     reason: str = ""
     expected_wait_s: float = 0.0
+    starts_download: bool = False  # this task's miss registered the model's download: the caller starts it
 
 
 class RecentAcks:
@@ -177,6 +178,7 @@ class EdgeServerCore:
         self.running: EdgeTask | None = None
         self.running_until_s = 0.0
         self.downloading: set[str] = set()
+        self.fetch_errors: dict[str, str] = {}  # model -> why its last download failed (for the tasks' results)
         self.lock = threading.Condition()
         self.counters = {"accepted": 0, "rejected": 0, "forwarded": 0, "to_cloud": 0, "done": 0,
                          "deadline_missed": 0, "failed": 0, "downloads": 0, "download_failures": 0, "hits": 0}
@@ -232,40 +234,41 @@ class EdgeServerCore:
                 return Admission(True, "cloud", f"model '{task.model_name}' is not cached here or at a peer")
             wait = self.backlog_s(now)
             task.cache_hit = hit
-            action = "queue"
+            action, starts = "queue", False
             if not hit:
                 task.downloaded = True
                 action = "download"
+                # Registered here, under the lock and before the worker is woken: were it registered
+                # after admit returns, an idle worker could take the task in between, see its model
+                # neither cached nor downloading, and fail it while the download goes ahead.
+                starts = task.model_name not in self.downloading
+                self.downloading.add(task.model_name)
             self.cache.pin(task.model_name)
             self.queue.append(task)
             self._queued_s += float(compute_delay_s(task.work_cycles, self.cpu_hz))
             self.counters["accepted"] += 1
             self.counters["hits"] += int(hit)
             self.lock.notify_all()
-            return Admission(True, action, "", wait)
+            return Admission(True, action, "", wait, starts)
 
     def _reject(self, reason: str) -> Admission:
         with self.lock:
             self.counters["rejected"] += 1
         return Admission(False, "reject", reason)
 
-    def needs_download(self, task: EdgeTask) -> bool:
-        with self.lock:
-            if self.cache.has(task.model_name) or task.model_name in self.downloading:
-                return False
-            self.downloading.add(task.model_name)
-            return True
-
-    def download_finished(self, name: str, ok: bool) -> list[str]:
-        """Record a finished download; returns evicted models (to delete from disk)."""
+    def download_finished(self, name: str, ok: bool, error: str = "") -> list[str]:
+        """Record a finished download (``error``: why it failed); returns evicted models (to delete
+        from disk). Every download the core registered must end here, or its tasks wait for it."""
         with self.lock:
             self.downloading.discard(name)
             evicted: list[str] = []
             if ok:
                 evicted = self.cache.add(name)
                 self.counters["downloads"] += 1
+                self.fetch_errors.pop(name, None)
             else:
                 self.counters["download_failures"] += 1
+                self.fetch_errors[name] = error
             self.lock.notify_all()
             return evicted
 
@@ -283,6 +286,11 @@ class EdgeServerCore:
             self.running = task
             self.running_until_s = self.clock() + float(compute_delay_s(task.work_cycles, self.cpu_hz))
             return task
+
+    def fetch_error(self, name: str) -> str:
+        """Why the last download of ``name`` failed; "" when it did not (or gave no reason)."""
+        with self.lock:
+            return self.fetch_errors.get(name, "")
 
     def wait_for_model(self, task: EdgeTask, until_s: float) -> bool:
         """Wait until the task's model is cached (a download finishing) or ``until_s``."""

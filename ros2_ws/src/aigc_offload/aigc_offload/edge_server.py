@@ -4,7 +4,8 @@ Lifecycle:
 - configure: loads the preset's work model, asks the cloud model server for its catalog
   (``/cloud_model_server/list_models``), fetches the initial models (verified by size and sha256;
   files already in the cache directory with the right digest are kept), builds the core. A missing
-  cloud, an unknown initial model or a failed download fails the transition with one log line.
+  cloud, an unknown initial model, a cache directory that cannot be made or a failed download fails
+  the transition with one log line.
 - activate: serves ``~/submit_task`` (SubmitTask), publishes ``/aigc/edge_status``
   (EdgeServerStatus) every ``status_period_s`` and ``/aigc/execution_result`` (TaskResult), and
   runs the worker thread that executes the FIFO queue.
@@ -49,7 +50,7 @@ from .edge_core import EdgeServerCore, EdgeTask, ModelCache, PeerStatus, RecentA
 from .hand_off import HandOffScheduler
 from .hot_path import HotPath
 from .messages import TASK_SERVICE_QOS, edge_task, from_time, model_work_table, task_result_for, to_time
-from .model_fetch import FetchError, download_model
+from .model_fetch import FetchError, FetchStorageError, download_model
 
 
 def _sha256(path: Path) -> str:
@@ -58,6 +59,11 @@ def _sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def _cause(exc: Exception) -> str:
+    """A download failure as a sentence: a FetchError's own, any other exception with its type."""
+    return str(exc) if isinstance(exc, FetchError) else f"{type(exc).__name__}: {exc}"
 
 
 class EdgeServer(Autostart, LifecycleNode):
@@ -85,6 +91,7 @@ class EdgeServer(Autostart, LifecycleNode):
         self.manifests: dict[str, object] = {}
         self.cache_path: Path | None = None
         self._tmp_cache = False
+        self._chunk_bytes = 1 << 20  # download_chunk_bytes, validated at configure
         self._io_group = ReentrantCallbackGroup()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -139,6 +146,10 @@ class EdgeServer(Autostart, LifecycleNode):
             return self._fail("cpu_ghz and storage_mb must be positive")
         if g("execution") not in ("paced", "generative"):
             return self._fail(f"execution must be 'paced' or 'generative', got '{g('execution')}'")
+        if int(g("download_chunk_bytes")) <= 0:
+            return self._fail(f"download_chunk_bytes must be positive, got {g('download_chunk_bytes')}")
+        # read once: a value set later cannot break the downloads of a configured server
+        self._chunk_bytes = int(g("download_chunk_bytes"))
         self.work = model_work_table(preset)
         wait_s = float(g("cloud_wait_s"))
         resp = self._list_models(wait_s)
@@ -150,13 +161,13 @@ class EdgeServer(Autostart, LifecycleNode):
             self.get_logger().warning(f"The cloud catalog lacks preset model(s) {', '.join(missing)}: tasks for them "
                                    "cannot be downloaded here and go to the cloud.")
         cache_dir = str(g("cache_dir"))
-        if cache_dir:
-            self.cache_path = Path(cache_dir) / self.server_id
-            self._tmp_cache = False
-        else:
-            self.cache_path = Path(tempfile.mkdtemp(prefix=f"aigc_{self.server_id}_"))
-            self._tmp_cache = True
-        self.cache_path.mkdir(parents=True, exist_ok=True)
+        where = Path(cache_dir) / self.server_id if cache_dir else Path(tempfile.gettempdir())
+        try:
+            path = where if cache_dir else Path(tempfile.mkdtemp(prefix=f"aigc_{self.server_id}_"))
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return self._fail(f"cache directory '{where}' cannot be created ({exc})")
+        self.cache_path, self._tmp_cache = path, not cache_dir
         cache = ModelCache(budget_bytes=int(float(g("storage_mb")) * 1e6),
                            sizes={n: w.size_bytes for n, w in self.work.items()})
         self.core = EdgeServerCore(self.server_id, float(g("cpu_ghz")) * 1e9, cache,
@@ -168,10 +179,9 @@ class EdgeServer(Autostart, LifecycleNode):
                 return self._fail(f"initial model '{name}' is not in the cloud catalog")
             try:
                 self._fetch(name)
-            except FetchError as exc:
-                return self._fail(str(exc))
-            evicted = self.core.download_finished(name, True)
-            self._delete_models(evicted)
+                self._delete_models(self.core.download_finished(name, True))
+            except Exception as exc:  # noqa: BLE001 - rclpy turns an escaped exception into ERROR without a word
+                return self._fail(f"initial model '{name}' could not be fetched: {_cause(exc)}")
         self.core.counters["downloads"] = 0  # the warm start is not a cache miss
         if g("execution") == "generative":
             try:
@@ -294,10 +304,11 @@ class EdgeServer(Autostart, LifecycleNode):
         last: Exception | None = None
         for _attempt in range(3):  # a transport error keeps the .part: the next attempt resumes
             try:
-                download_model(fetch, name, m.version, dest,
-                               chunk_bytes=int(self.get_parameter("download_chunk_bytes").value),
+                download_model(fetch, name, m.version, dest, chunk_bytes=self._chunk_bytes,
                                expected_sha256=m.sha256)
                 return
+            except FetchStorageError:
+                raise  # the disk, not the link: another attempt would fail the same way
             except FetchError as exc:
                 last = exc
                 self.get_logger().warning(f"Download of {name} failed ({exc}); retrying.")
@@ -331,7 +342,7 @@ class EdgeServer(Autostart, LifecycleNode):
         response.expected_wait_s = float(adm.expected_wait_s)
         if not adm.accepted:
             return response
-        if adm.action == "download" and core.needs_download(task):
+        if adm.starts_download:
             threading.Thread(target=self._download, args=(task.model_name,), daemon=True).start()
         elif adm.action.startswith("forward:"):
             self._hand_off(request, adm.action.split(":", 1)[1], task)
@@ -340,18 +351,22 @@ class EdgeServer(Autostart, LifecycleNode):
         return response
 
     def _download(self, name: str) -> None:
-        ok = True
+        ok, error = True, ""
         try:
             if name not in self.manifests:
                 raise FetchError(f"model {name} is not in the cloud catalog")
             self._fetch(name)
             self.get_logger().info(f"Downloaded and verified {name}.")
-        except FetchError as exc:
-            ok = False
-            self.get_logger().error(f"Download of {name} failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a download that does not end holds its tasks until their deadlines
+            ok, error = False, _cause(exc)
+            self.get_logger().error(f"Download of {name} failed: {error}")
         core = self.core
         if core is not None:
-            self._delete_models(core.download_finished(name, ok))
+            evicted = core.download_finished(name, ok, error)
+            try:
+                self._delete_models(evicted)
+            except OSError as exc:
+                self.get_logger().warning(f"Evicted model(s) {', '.join(evicted)} could not be deleted: {exc}")
 
     def _hand_off(self, request, peer: str | None, task: EdgeTask) -> None:
         """Forward to a peer (or the cloud) without blocking the service callback: the forwarder
@@ -442,8 +457,9 @@ class EdgeServer(Autostart, LifecycleNode):
                                               f"deadline passed while {self.server_id} fetched {task.model_name}",
                                               "deadline_missed")
                 else:
-                    state, reason, outcome = (TaskResult.FAILED,
-                                              f"{self.server_id} could not fetch model {task.model_name}", "failed")
+                    why = core.fetch_error(task.model_name)
+                    state, reason, outcome = (TaskResult.FAILED, f"{self.server_id} could not fetch model "
+                                              f"{task.model_name}" + (f": {why}" if why else ""), "failed")
                 core.finish(task, outcome, 0.0)
                 self._result_pub.publish(task_result_for(task, state, reason, where,
                                                          queue_wait_s=now - task.received_at_s))

@@ -125,8 +125,10 @@ class GatewayCore:
         self.finished_ids: dict[str, float] = {}  # recently terminal task ids -> when (insertion order = time order)
         # (deadline, task id) of every tracked task: the sweep pops the expired ones instead of scanning every
         # task under the lock (at 500 tasks/s a scan of the tracked and the 60 s of finished ids held the lock
-        # for milliseconds every 50 ms, in front of the decisions)
-        self._deadlines: list[tuple[float, str]] = []
+        # for milliseconds every 50 ms, in front of the decisions); (deadline, seq, task id, Tracked): an entry
+        # stays after its task ends, and the id may be used again once it left finished_ids
+        self._deadlines: list[tuple[float, int, str, Tracked]] = []
+        self._deadline_seq = 0
         self.lock = threading.RLock()
         self.counters = {"requests": 0, "rejected": 0, "decided": 0, "local": 0, "edge": 0, "cloud": 0,
                          "done": 0, "failed": 0, "deadline_missed": 0, "masked": 0, "late_results": 0}
@@ -237,8 +239,10 @@ class GatewayCore:
             energy = float(compute_energy_j((1.0 - share) * W, dev.cpu_ghz * 1e9, self.preset.kappa_device)) + \
                 float(transmission_energy_j(self.preset.tx_power_w, up_s))
             gd = GatewayDecision(req.task_id, kind, idx, tid, share, download, parts, us, expected, masked)
-            self.tracked[req.task_id] = Tracked(req, gd, set(parts), req.created_at_s + req.deadline_s, energy)
-            heapq.heappush(self._deadlines, (req.created_at_s + req.deadline_s, req.task_id))
+            tr = Tracked(req, gd, set(parts), req.created_at_s + req.deadline_s, energy)
+            self.tracked[req.task_id] = tr
+            self._deadline_seq += 1
+            heapq.heappush(self._deadlines, (tr.deadline_at_s, self._deadline_seq, req.task_id, tr))
             self.counters["decided"] += 1
             self.counters["masked"] += int(masked)
             self.counters[["local", "edge", "cloud"][kind]] += 1
@@ -293,9 +297,8 @@ class GatewayCore:
         with self.lock:
             heap = self._deadlines
             while heap and now > heap[0][0] + self.result_grace_s:
-                _, tid = heapq.heappop(heap)
-                tr = self.tracked.get(tid)
-                if tr is None:  # already terminal
+                _, _, tid, tr = heapq.heappop(heap)
+                if self.tracked.get(tid) is not tr:  # already terminal (its id perhaps reused since)
                     continue
                 where = ", ".join({PART_WHOLE: "the task", PART_LOCAL: "the device part",
                                    PART_REMOTE: "the offloaded part"}[p] for p in sorted(tr.pending))

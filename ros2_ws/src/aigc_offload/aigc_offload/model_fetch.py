@@ -10,6 +10,8 @@ call resumes from there. A sidecar ``<dest>.part.json`` remembers which file (to
 the bytes belong to: if the server now serves a different file, the download restarts at 0. At
 the end size and sha256 are verified; on a mismatch the ``.part`` is removed and
 ``FetchVerificationError`` raised; on success the ``.part`` is renamed atomically onto ``dest``.
+A local file that cannot be written, read or renamed (disk full, permissions) raises
+``FetchStorageError``: every failure of a download is a ``FetchError``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class FetchTransportError(FetchError):
 
 class FetchVerificationError(FetchError):
     """The downloaded bytes do not match the announced size or sha256; the ``.part`` is removed."""
+
+
+class FetchStorageError(FetchError):
+    """The destination, its ``.part`` or its sidecar cannot be written, read or renamed (an OSError)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,14 @@ def download_model(fetch_chunk: FetchChunk, name: str, version: str, dest: str |
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     dest = Path(dest)
+    try:
+        return _download(fetch_chunk, name, version, dest, chunk_bytes, expected_sha256, max_chunks)
+    except OSError as exc:  # the transport's own OSErrors are FetchTransportErrors already: this is the disk
+        raise FetchStorageError(f"Model {name}: cannot be stored in {dest.parent} ({exc}).") from exc
+
+
+def _download(fetch_chunk: FetchChunk, name: str, version: str, dest: Path, chunk_bytes: int,
+              expected_sha256: str | None, max_chunks: int) -> DownloadResult:
     dest.parent.mkdir(parents=True, exist_ok=True)
     part, meta_path = part_paths(dest)
 

@@ -27,7 +27,8 @@ Per task (every hop keeps the task id):
 
 Tasks are remembered by task_id (device address, created_at, deadline) from the request until
 their terminal result. Eviction: on the terminal result; when ``task_retention_s`` has passed
-after the task's deadline (the gateway has declared it missed long before); and, when
+after the task's deadline (the gateway has declared it missed long before; if no terminal state
+arrived, e.g. no gateway was active, the device gets ``deadline_missed`` with that reason); and, when
 ``max_tracked_tasks`` are remembered, the oldest first (logged). A terminal result for a task no
 longer remembered is still delivered: its origin names the device's site, line and device.
 
@@ -194,10 +195,16 @@ class MqttBridgeNode(Autostart, LifecycleNode):
         return None
 
     def _disconnect(self) -> None:
-        bridge, self.bridge = self.bridge, None
+        bridge = self.bridge
         if bridge is not None:
-            bridge.pause()
-            bridge.stop()  # answers the waiting requests (unavailable), offline status, DISCONNECT
+            # self.bridge stays set until stop() has joined the dispatchers: a request or report a
+            # dispatcher took after pause() is no longer in the queue stop() answers, so its handler
+            # must still have the bridge to send the unavailable reply
+            try:
+                bridge.pause()
+                bridge.stop()  # answers the waiting requests (unavailable), offline status, DISCONNECT
+            finally:
+                self.bridge = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -311,14 +318,21 @@ class MqttBridgeNode(Autostart, LifecycleNode):
 
     def _expire(self) -> None:
         now = time.time()
+        gone = []
         with self._lock:
-            heap, gone = self._expiries, 0
+            heap = self._expiries
             while heap and heap[0][0] < now:
                 _, _, tid, entry = heapq.heappop(heap)
                 if self._tasks.get(tid) is entry:  # not settled, evicted or replaced since
                     del self._tasks[tid]
-                    gone += 1
-            self.counters["expired"] += gone
+                    gone.append((tid, entry))
+            self.counters["expired"] += len(gone)
+        # Still remembered means no terminal state ever came (no gateway active, or one that lost the
+        # task): the device must hear an end all the same, not silence
+        for tid, entry in gone:
+            self._send_end(tid, entry.address, "deadline_missed",
+                           f"no terminal state arrived from the gateway within task_retention_s "
+                           f"({self._retention_s:g} s) after the deadline", now, now - entry.created_at_s)
 
     # -- MQTT -> ROS (BridgeClient dispatcher threads) ---------------------------------------------
     def _on_mqtt_request(self, inc) -> None:
@@ -391,6 +405,7 @@ class MqttBridgeNode(Autostart, LifecycleNode):
             except Exception as exc:  # noqa: BLE001
                 reason = f"publishing on {EXECUTION_RESULT_TOPIC} failed: {exc}"
         if reason is not None:
+            bridge.forget(addr.device, rep.task_id, part=rep.part)  # else the report sent again is a redelivery
             bridge.reply_error(addr, ErrorCode.unavailable, f"{reason}; send the execution report again",
                                rep.to_json(), task_id=rep.task_id, topic=inc.topic)
             return
@@ -450,21 +465,49 @@ class MqttBridgeNode(Autostart, LifecycleNode):
         address = t.address if t is not None else self._address_from_origin(msg.origin, msg.device_id)
         if address is None:
             return
+        # the same limits as the OPC UA ingress (opcua_ingress_node.result_from_msg)
         try:
             state = _STATE_NAMES.get(int(msg.state), "failed")
             reason = msg.reason or (None if state == "done" else f"the gateway reported {state} without a reason")
-            executed = "device" if msg.executed_on == "local" else (msg.executed_on or None)
+            executed = "+".join("device" if p == "local" else p for p in msg.executed_on.split("+"))[:128] or None
             finished = from_time(msg.finished_at) or time.time()
             out = schemas.TaskResult(task_id=msg.task_id, device_id=address.device, state=state,
                                      reason=reason[:1024] if reason else None, executed_on=executed,
                                      latency_s=max(float(msg.latency_s), 0.0),
                                      output_bits=8 * len(msg.output) if len(msg.output) else None,
-                                     output_uri=msg.output_uri or None,
+                                     output_uri=msg.output_uri[:2048] or None,
                                      finished_at=datetime.fromtimestamp(finished, timezone.utc))
+        except Exception as exc:  # noqa: BLE001
+            # the task is forgotten already: without this the device would never hear its end
+            why = " ".join(str(exc).split())
+            self.get_logger().error(f"Cannot convert the result of task '{msg.task_id}', sending it as failed: {why}")
+            if self._send_end(msg.task_id, address, "failed",
+                              f"the gateway's result could not be converted for the device: {why}", time.time()):
+                self.counters["results"] += 1
+            return
+        try:
             bridge.publish_result(out, address)
             self.counters["results"] += 1
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f"Cannot forward the result of task '{msg.task_id}': {exc}")
+
+    def _send_end(self, task_id: str, address, state: str, reason: str, now_s: float,
+                  latency_s: float | None = None) -> bool:
+        """A terminal result the bridge itself gives the device (no usable one came from the gateway)."""
+        from mqtt_bridge import schemas
+
+        bridge = self.bridge
+        try:
+            if bridge is None:
+                raise RuntimeError("the bridge is disconnected")
+            bridge.publish_result(schemas.TaskResult(
+                task_id=task_id, device_id=address.device, state=state, reason=reason[:1024],
+                latency_s=max(latency_s, 0.0) if latency_s is not None else None,
+                finished_at=datetime.fromtimestamp(now_s, timezone.utc)), address)
+            return True
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"Cannot send task '{task_id}' its end ({state}: {reason}): {exc}")
+            return False
 
 
 def main(args: list[str] | None = None) -> int:
