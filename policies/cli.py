@@ -18,7 +18,11 @@ def _parse_overrides(items: Sequence[str]) -> dict:
         if "=" not in item:
             raise UserError(f"--set expects KEY=VALUE, got '{item}'")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            why = getattr(exc, "problem", None) or type(exc).__name__
+            raise UserError(f"--set {key.strip()}: the value '{raw}' is not valid YAML ({why})") from None
     return out
 
 
@@ -29,6 +33,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
     return value
 
 
@@ -275,11 +289,15 @@ def cmd_hil(args: argparse.Namespace) -> int:
     from aigc_offload.hil import run_hil, run_hil_devices
 
     workdir = args.logs or tempfile.mkdtemp(prefix="aigc_hil_")
-    if args.via == "devices":
-        res = run_hil_devices(dep, slots=args.slots, seed=args.seed, controllers=args.controllers,
-                              cameras=args.cameras, workdir=workdir, out=sys.stderr)
-    else:
-        res = run_hil(dep, slots=args.slots, seed=args.seed, workdir=workdir, out=sys.stderr)
+    try:
+        if args.via == "devices":
+            res = run_hil_devices(dep, slots=args.slots, seed=args.seed, controllers=args.controllers,
+                                  cameras=args.cameras, workdir=workdir, out=sys.stderr)
+        else:
+            res = run_hil(dep, slots=args.slots, seed=args.seed, workdir=workdir, out=sys.stderr)
+    except (RuntimeError, TimeoutError) as exc:  # the stack did not come up or a device failed; all of it is stopped
+        print(f"aigc-offload: error: {exc} (node logs in {workdir})", file=sys.stderr)
+        return 1
     out = {"comparison": res.comparison, "measured_done_rate": res.measured_done_rate,
            "predicted_done_rate": res.predicted_done_rate, "logs": workdir}
     if args.details:
@@ -445,15 +463,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None,
                    help="seconds of plant time to run (default 60; with --graph-only: until Ctrl-C)")
     p.add_argument("--tasks", type=_positive_int, default=None, help="stop after this many task requests")
-    p.add_argument("--controllers", type=int, default=4, help="OPC UA controllers to run (first of the plant)")
-    p.add_argument("--cameras", type=int, default=4, help="MQTT cameras to run (first of the plant)")
+    p.add_argument("--controllers", type=_non_negative_int, default=4, help="OPC UA controllers to run (first of the plant)")
+    p.add_argument("--cameras", type=_non_negative_int, default=4, help="MQTT cameras to run (first of the plant)")
     p.add_argument("--record", help="MCAP recording of the run (default: <logs>/factory.mcap)")
     p.add_argument("--no-record", action="store_true", help="do not record")
     p.add_argument("--report", help="JSON report (default: <logs>/report.json)")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
     p.add_argument("--graph-only", action="store_true",
                    help="only the ROS graph (cloud, edge servers, gateway), no broker or devices")
-    p.add_argument("--probe", type=int, default=0, metavar="N",
+    p.add_argument("--probe", type=_non_negative_int, default=0, metavar="N",
                    help="graph only: send N task requests once it is up and print per-hop latencies")
     p.add_argument("--logs", help="directory for the node logs (default: a temporary directory)")
     p.add_argument("--verbose", action="store_true", help="stream the node logs to the terminal")
@@ -466,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--via", choices=["devices", "ros"], default="devices",
                    help="devices: requests through OPC UA controllers and MQTT cameras (their tasks of the trace); "
                         "ros: every task of the trace on the ROS request topic, devices played in-process")
-    p.add_argument("--controllers", type=int, default=4, help="--via devices: OPC UA controllers")
-    p.add_argument("--cameras", type=int, default=4, help="--via devices: MQTT cameras")
+    p.add_argument("--controllers", type=_non_negative_int, default=4, help="--via devices: OPC UA controllers")
+    p.add_argument("--cameras", type=_non_negative_int, default=4, help="--via devices: MQTT cameras")
     p.add_argument("--seed", type=int, default=0, help="trace: episode 0 of this seed")
     p.add_argument("--details", help="write one JSON line per task (decision, measured, predicted) here")
     p.add_argument("--logs", help="directory for the node logs")

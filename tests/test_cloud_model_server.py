@@ -155,6 +155,78 @@ def test_node_refuses_to_configure_on_a_mismatched_catalog(tmp_path):
         rclpy.try_shutdown(context=ctx)
 
 
+# -- node in-process over real DDS: deactivation with accepted tasks ---------------------------
+@needs_ros
+def test_deactivation_fails_the_accepted_tasks_and_forgets_their_acknowledgements(tmp_path):
+    """_drop_services used to cancel the result timers of accepted tasks without a result, and after
+    reactivation RecentAcks still answered a repeated hand-off "accepted": the task never ran."""
+    import queue
+    import threading
+
+    import rclpy
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from test_edge_stack import RosHarness, request_msg
+
+    from aigc_offload.cloud_model_server import CloudModelServer
+    from aigc_offload.deployment import EXECUTION_RESULT_TOPIC
+    from aigc_offload_interfaces.msg import Decision, TaskResult
+    from aigc_offload_interfaces.srv import SubmitTask
+
+    cat_dir, _blob = make_catalog(tmp_path, 2048)
+    domain = random.randint(100, 200)
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    node = CloudModelServer(context=ctx, parameter_overrides=[Parameter("catalog_dir", value=str(cat_dir))])
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    ros = RosHarness(domain)
+    results: queue.Queue = queue.Queue()
+    try:
+        ros.node.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, results.put, 100)
+        change = ros.node.create_client(ChangeState, "/cloud_model_server/change_state")
+        submit = ros.node.create_client(SubmitTask, "/cloud_model_server/submit_task")
+
+        def transition(tid: int) -> None:
+            assert ros.call(change, ChangeState.Request(transition=Transition(id=tid)), 20.0).success
+
+        def cloud_publishers() -> int:
+            return sum(p.topic_name == EXECUTION_RESULT_TOPIC for p in node.publishers)
+
+        transition(Transition.TRANSITION_CONFIGURE)
+        transition(Transition.TRANSITION_ACTIVATE)
+        # 400 Mbit over the 20 Mbit/s backhaul: the result is due in 20 s, long after the deactivation
+        task = request_msg("plc01", "report-s", deadline_s=60.0, input_bits=400_000_000)
+        hand_off = SubmitTask.Request(task=task, decision=Decision(
+            task_id=task.task_id, target_kind=Decision.TARGET_CLOUD, target_id="cloud", offload_share=1.0,
+            model_name="report-s"))
+        assert ros.call(submit, hand_off, 20.0, attempt_s=5.0).accepted
+        transition(Transition.TRANSITION_DEACTIVATE)
+        r = results.get(timeout=10.0)
+        assert (r.task_id, r.state, r.executed_on) == (task.task_id, TaskResult.FAILED, "cloud")
+        assert r.reason == "the cloud was deactivated before the task finished"
+
+        transition(Transition.TRANSITION_ACTIVATE)
+        assert cloud_publishers() == 1  # one publisher, however often the node is activated
+        repeats = node._acks.repeats
+        assert ros.call(submit, hand_off, 20.0, attempt_s=5.0).accepted  # the gateway's second attempt
+        assert node._acks.repeats == repeats and len(node._task_timers) == 1  # admitted anew: it runs
+        transition(Transition.TRANSITION_DEACTIVATE)
+        assert results.get(timeout=10.0).state == TaskResult.FAILED
+        transition(Transition.TRANSITION_CLEANUP)
+        assert cloud_publishers() == 0
+    finally:
+        ros.close()
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+
+
 # -- integration over real DDS ---------------------------------------------------------------
 
 

@@ -156,6 +156,30 @@ def test_recent_acks_answer_a_repeated_hand_off_as_the_first_time_and_keep_only_
     assert acks.repeats == 2
 
 
+def test_a_forgotten_ack_is_judged_again():
+    from aigc_offload.edge_core import Admission, RecentAcks
+
+    acks = RecentAcks()
+    acks.put("t1", 0, Admission(True, "queue"))
+    acks.put("t1", 1, Admission(True, "queue"))
+    acks.forget("t1", 0)
+    acks.forget("never", 0)  # nothing to forget: no error
+    assert acks.get("t1", 0) is None and acks.get("t1", 1).action == "queue"
+
+
+def test_drain_queue_takes_the_waiting_tasks_not_the_running_one():
+    core = make_core(("a",))
+    t1, t2, t3 = (etask(f"t{i}", model="a") for i in (1, 2, 3))
+    for t in (t1, t2, t3):
+        assert core.admit(t).accepted
+    assert core.next_task(0.0) is t1  # running
+    assert core.drain_queue() == [t2, t3]
+    assert not core.queue and core.backlog_s(100.0) == pytest.approx(0.2)  # only t1's remaining work
+    assert core.counters["failed"] == 2 and core.cache.pinned["a"] == 1  # t1 keeps its pin
+    core.finish(t1, "done", 0.2)
+    assert core.cache.pinned["a"] == 0 and core.drain_queue() == []
+
+
 def test_admit_cache_hit_queues():
     core = make_core(("a",))
     t = etask(model="a")
@@ -540,6 +564,12 @@ CATALOG = "report-s, report-m, report-l, report-xl, defect-s, defect-m, defect-l
     (dict(deadline=0.0), "deadline_s must be positive, got 0.0"),
     (dict(deadline=-1.0), "deadline_s must be positive, got -1.0"),
     (dict(deadline=float("nan")), "deadline_s must be positive, got nan"),
+    # a direct ROS publisher has no device schema in front of it: the schemas' bound (0 < d <= 3600) holds here too
+    (dict(deadline=float("inf")), "deadline_s must be at most 3600 s, got inf"),
+    (dict(deadline=1e300), "deadline_s must be at most 3600 s, got 1e+300"),
+    (dict(deadline=3600.5), "deadline_s must be at most 3600 s, got 3600.5"),
+    (dict(deadline=2.5, created=100.0 + 1e6), "created_at is 1000000 s in the future, more than 3600 s ahead "
+                                              "of the gateway's clock"),
 ])
 def test_gateway_refuses_bad_requests_with_a_sentence(sim2, plant2, kw, message):
     gw = make_gw(sim2, plant2, "local")
@@ -547,6 +577,45 @@ def test_gateway_refuses_bad_requests_with_a_sentence(sim2, plant2, kw, message)
         gw.decide(req(**kw))
     assert str(exc.value) == message
     assert gw.tracked == {} and gw.counters["requests"] == 0 and gw.counters["decided"] == 0
+
+
+def test_the_deadline_bound_is_the_device_schemas_and_a_task_at_it_is_tracked(sim2, plant2):
+    from aigc_offload.gateway_core import MAX_DEADLINE_S
+    from mqtt_bridge.schemas import TaskRequest as DeviceRequest
+
+    assert DeviceRequest.model_json_schema()["properties"]["deadline_s"]["maximum"] == MAX_DEADLINE_S == 3600
+    gw = make_gw(sim2, plant2, "local")
+    gw.decide(req("max", deadline=3600.0, created=110.0))  # 10 s of device clock ahead: still within the bound
+    assert gw.tracked["max"].deadline_at_s == 3710.0
+
+
+def test_a_result_with_an_unknown_state_changes_nothing_and_the_sweep_still_ends_the_task(sim2, hand_plant):
+    """A TaskResult with state 9 used to untrack the task and then fail on the counter: no terminal state ever."""
+    clock = FakeClock(100.0)
+    gw = make_gw(sim2, hand_plant, "local", clock, result_grace_s=0.5)
+    gw.decide(req("s"))
+    before = dict(gw.counters)
+    with pytest.raises(ValueError, match=r"^result state 9 is none of DONE, REJECTED, FAILED, DEADLINE_MISSED"):
+        gw.on_result("s", PART_WHOLE, 9, "", "device:d0")
+    assert gw.tracked["s"].pending == {PART_WHOLE} and gw.tracked["s"].results == [] and gw.counters == before
+    with pytest.raises(KeyError):  # _terminate itself: the lookup comes before the task is untracked
+        gw._terminate(gw.tracked["s"], 9, "", 100.0)
+    assert "s" in gw.tracked and "s" not in gw.finished_ids
+    clock.t = 103.01
+    (t,) = gw.sweep()
+    assert t.state == DEADLINE_MISSED and gw.tracked == {} and gw.counters["deadline_missed"] == 1
+
+
+def test_fail_all_ends_every_task_in_flight_once(sim2, hand_plant):
+    gw = make_gw(sim2, hand_plant, "local")
+    for tid in ("a", "b"):
+        gw.decide(req(tid))
+    assert gw.on_result("a", PART_WHOLE, DONE, "", "device:d0").state == DONE
+    gw.decide(req("c"))
+    out = gw.fail_all(FAILED, "the gateway was deactivated")
+    assert sorted(t.req.task_id for t in out) == ["b", "c"]
+    assert all(t.state == FAILED and t.reason == "the gateway was deactivated" for t in out)
+    assert gw.tracked == {} and gw.counters["failed"] == 2 and gw.fail_all(FAILED, "again") == []
 
 
 def test_gateway_refuses_a_duplicate_task_id_also_after_it_finished(sim2, plant2):

@@ -508,6 +508,55 @@ def test_a_download_that_cannot_be_stored_fails_its_tasks_at_once_and_the_next_m
     assert "Download of report-s failed" in logs, tails
 
 
+def test_deactivating_an_edge_server_ends_its_running_and_queued_tasks(tmp_path):
+    """Deactivate with one task running and two queued: each ends at once as FAILED with a reason saying
+    so (they used to wait for the gateway's sweep, or the running one was reported done unfinished)."""
+    from aigc_offload.deployment import EXECUTION_RESULT_TOPIC
+    from aigc_offload_interfaces.msg import Decision, TaskResult
+    from aigc_offload_interfaces.srv import SubmitTask
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    domain = random.randint(100, 230)
+    cat = make_catalog(tmp_path)
+    procs = [start_node("cloud_model_server", "cloud_model_server",
+                        {"catalog_dir": str(cat), "autostart": True}, domain, tmp_path),
+             start_node("edge_server", "edge0", {"server_id": "edge0", "cpu_ghz": 0.001, "storage_mb": 400.0,
+                                                 "initial_models": ["report-s"], "cache_dir": str(tmp_path / "cache"),
+                                                 "forwarding": False, "autostart": True}, domain, tmp_path)]
+    ros = RosHarness(domain)
+    results: dict[str, TaskResult] = {}
+    try:
+        ros.node.create_subscription(TaskResult, EXECUTION_RESULT_TOPIC, lambda m: results.setdefault(m.task_id, m), 100)
+        submit = ros.node.create_client(SubmitTask, "/edge0/submit_task")
+        change = ros.node.create_client(ChangeState, "/edge0/change_state")
+        assert submit.wait_for_service(timeout_sec=45.0), "edge0 never served submit_task"
+        ids = []
+        for _ in range(3):  # ~minutes of compute each at 1 MHz: the first runs, two wait
+            req = request_msg("plc01", "report-s", deadline_s=120.0)
+            dec = Decision(task_id=req.task_id, target_kind=Decision.TARGET_EDGE, target_index=0, target_id="edge0",
+                           offload_share=1.0, download_model=False, model_name="report-s")
+            ack = ros.call(submit, SubmitTask.Request(task=req, decision=dec), 30.0, attempt_s=5.0)
+            assert ack.accepted and ack.action == "queue", ack
+            ids.append(req.task_id)
+        time.sleep(0.5)
+        assert not results
+        assert ros.call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE)),
+                        20.0).success
+        end = time.monotonic() + 10.0
+        while not set(ids) <= set(results) and time.monotonic() < end:
+            time.sleep(0.02)
+        assert set(ids) <= set(results), results
+        first, *queued = (results[t] for t in ids)
+        assert first.state == TaskResult.FAILED and "edge0 was deactivated while the task ran" in first.reason, first
+        for r in queued:
+            assert r.state == TaskResult.FAILED and r.reason == "edge0 was deactivated before the task ran", r
+    finally:
+        ros.close()
+        out = stop_nodes(procs)
+    clean_shutdown_logs(out)
+
+
 def test_edge_server_configure_failures_are_refused_with_one_log_line(tmp_path):
     """Failures that used to escape on_configure (rclpy turns them into ERROR without a word): a cache
     directory that cannot be created, an initial model that cannot be stored, a chunk size of 0.

@@ -218,3 +218,32 @@ def test_a_service_not_discovered_yet_is_waited_for_until_the_tasks_deadline(har
     assert wait_until(lambda: len(failures) == 1)
     assert failures[0] == ("never-up", "edge0 is not reachable (/edge0/submit_task has no server)")
     assert 1.3 <= time.monotonic() - t0 < 5.0  # at the deadline, not at timeout_s
+
+
+def test_stop_with_a_reason_fails_every_open_hand_off_once_and_a_later_one_at_once():
+    """A gateway deactivated with tasks in flight: the queued and the unacknowledged hand-offs used to
+    be dropped without ``fail``, so their tasks never got a terminal state."""
+    clients = {"mute": FakeClient("mute", answer=None), "ok": FakeClient("ok")}
+    failures: list[tuple[str, str]] = []
+    sched = HandOffScheduler(clients.get, lambda t, r: failures.append((t, r)), timeout_s=30.0)
+    sched.schedule(0.0, req("sent"), "mute")  # sent, never acknowledged
+    sched.schedule(30.0, req("queued"), "ok")  # its upload has not ended yet
+    assert wait_until(lambda: clients["mute"].sent == ["sent"])
+    sched.stop("the gateway was deactivated")
+    assert not sched._thread.is_alive() and sched.pending() == 0
+    assert sorted(failures) == [("queued", "not handed to ok: the gateway was deactivated"),
+                                ("sent", "not handed to mute: the gateway was deactivated")]
+    assert clients["mute"].futures[0].cancelled()
+    sched.schedule(0.0, req("late"), "ok")  # from a thread that had not seen the stop
+    assert failures[-1] == ("late", "not handed to ok: the gateway was deactivated") and clients["ok"].sent == []
+
+
+def test_an_endless_deadline_gives_up_after_timeout_s(harness):
+    """deadline_s=inf (a direct ROS publisher) made the wait for an undiscovered service endless."""
+    sched, clients, failures = harness  # timeout_s 0.5
+    created = SimpleNamespace(sec=int(time.time()), nanosec=0)
+    clients["edge1"].ready = False
+    sched.schedule(0.0, SimpleNamespace(task=SimpleNamespace(task_id="inf", created_at=created,
+                                                             deadline_s=float("inf"))), "edge1")
+    assert wait_until(lambda: len(failures) == 1, 5.0)
+    assert failures[0] == ("inf", "edge1 is not reachable (/edge1/submit_task has no server)")

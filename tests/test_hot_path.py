@@ -111,3 +111,37 @@ def test_service_answers_and_client_futures_complete_on_the_hot_thread(ros):
         caller.stop()
         server.stop()
         assert time.monotonic() - t0 < 2.0  # the guard condition wakes the wait at once
+
+
+def test_a_reply_that_cannot_be_sent_is_logged_and_the_next_request_is_served(ros):
+    """``send_response`` was outside the callback's try: a callback returning a wrong object (or an
+    RCLError "failed to send response") ended the thread, and every service of the node went dead."""
+    from aigc_offload.hot_path import HotPath
+    from aigc_offload_interfaces.msg import TaskRequest
+    from aigc_offload_interfaces.srv import SubmitTask
+
+    def on_submit(req, resp):
+        if req.task.task_id == "wrong":
+            return "not a SubmitTask.Response"
+        resp.accepted = True
+        resp.reason = f"seen {req.task.task_id}"
+        return resp
+
+    server = HotPath(ros.node, "srv2")
+    server.serve(SubmitTask, "/test_hot2/submit_task", on_submit)
+    caller = HotPath(ros.node, "cli2")
+    cli = caller.client(SubmitTask, "/test_hot2/submit_task")
+    server.start()
+    caller.start()
+    try:
+        assert cli.wait_for_service(timeout_sec=10.0)
+        first = cli.call_async(SubmitTask.Request(task=TaskRequest(task_id="ok0")))
+        assert wait_until(first.done)  # matched: the next replies are not lost to discovery
+        wrong = cli.call_async(SubmitTask.Request(task=TaskRequest(task_id="wrong")))
+        after = cli.call_async(SubmitTask.Request(task=TaskRequest(task_id="ok1")))
+        assert wait_until(after.done), "the hot path stopped serving after a reply it could not send"
+        assert after.result().reason == "seen ok1"
+        assert not wrong.done() and server.errors == 1 and server._thread.is_alive()
+    finally:
+        caller.stop()
+        server.stop()

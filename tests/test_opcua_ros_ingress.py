@@ -276,3 +276,52 @@ def test_missing_pki_files_fail_configure(tmp_path):
     lines = [ln for ln in out.splitlines() if "Refusing to configure" in ln]
     assert len(lines) == 1, out[-3000:]
     assert f"client certificate '{pki.root / 'clients' / 'gateway' / 'cert.der'}' does not exist" in lines[0]
+
+
+def test_the_ingress_starts_after_the_publishers_are_enabled_and_they_are_made_once(tmp_path, monkeypatch):
+    """The ingress used to start before ``super().on_activate`` enabled the lifecycle publishers: a
+    request handed over in that window was dropped, and the ingress never hands a request over twice.
+    And every activation made another set of publishers."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from aigc_offload.deployment import REQUEST_TOPIC
+    from aigc_offload.opcua_ingress_node import OpcuaIngressNode
+    from opcua_devices.ingress import OpcuaIngress
+
+    pki = make_lab_pki(tmp_path / "pki", ["plc01"], ["gateway"], pbkdf2_iterations=1_000)
+    enabled_at_start: list[bool] = []
+    real_start = OpcuaIngress.start
+
+    def start(ingress, *args, **kwargs):
+        enabled_at_start.append(node._req_pub.is_activated)
+        return real_start(ingress, *args, **kwargs)
+
+    monkeypatch.setattr(OpcuaIngress, "start", start)
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=random.randint(100, 230))
+    node = None
+    try:
+        node = OpcuaIngressNode(context=ctx, start_parameter_services=False, parameter_overrides=[
+            Parameter("endpoints", value=[f"opc.tcp://127.0.0.1:{free_ports(1)[0]}/aigc/"]),  # nobody there
+            Parameter("pki_dir", value=str(pki.root))])
+        ok = TransitionCallbackReturn.SUCCESS
+
+        def publishers() -> int:
+            return sum(p.topic_name == REQUEST_TOPIC for p in node.publishers)
+
+        assert node.trigger_configure() == ok
+        for _ in range(2):
+            assert node.trigger_activate() == ok
+            assert node.trigger_deactivate() == ok
+        assert enabled_at_start == [True, True] and publishers() == 1
+        assert node.trigger_cleanup() == ok and publishers() == 0
+        node.set_parameters([Parameter("diagnostics_period_s", value=-1.0)])
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE  # not an exception in on_activate
+    finally:
+        if node is not None:
+            node.release()
+            node.destroy_node()
+        rclpy.try_shutdown(context=ctx)

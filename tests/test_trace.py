@@ -1,6 +1,8 @@
-"""Trace files: format validation with clear errors (scenario round trips are tested per scenario)."""
+"""Trace files: format validation with clear errors (scenario round trips are tested per scenario), and
+the MCAP recorder of ROS topics (aigc_offload.recorder) on a failed start."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,3 +58,25 @@ def test_malformed_traces_fail_with_a_sentence(tmp_path, mutate, message):
 def test_missing_file(tmp_path):
     with pytest.raises(TraceError, match="does not exist"):
         read_trace(tmp_path / "nope.jsonl", "demo", TASKS, PARAMS)
+
+
+def test_a_recorder_whose_schema_is_missing_closes_its_file(tmp_path):
+    """``McapRecorder`` (the MCAP trace of ROS topics): a SchemaError while registering the topics left
+    the file open and unfinished, with nobody holding the recorder to close() it."""
+    import os
+
+    pytest.importorskip("mcap")
+    pytest.importorskip("aigc_offload.recorder")
+    from mcap.reader import make_reader
+
+    from aigc_offload.recorder import McapRecorder, SchemaError
+
+    NoSuchMsg = type("NoSuchMsg", (), {"__module__": "no_such_pkg.msg._no_such_msg"})
+    path = tmp_path / "trace.mcap"
+    with pytest.raises(SchemaError, match="no definition of no_such_pkg/msg/NoSuchMsg"):
+        McapRecorder(object(), path, {"/nowhere": NoSuchMsg})  # fails before it subscribes: no node needed
+    fds = Path("/proc/self/fd")
+    if fds.is_dir():
+        assert not any(os.path.realpath(f) == str(path.resolve()) for f in fds.iterdir() if f.is_symlink())
+    with path.open("rb") as f:  # a finished, empty MCAP file
+        assert list(make_reader(f).iter_messages()) == []

@@ -34,6 +34,10 @@ MODES = ("deterministic", "argmax", "sample")
 # per-row view feature (e.g. LAD-TS's task ``index``).
 KEY_VIEW_ATTRIBUTES = ("slot", "source")
 
+# Tensor dtypes the runtime feeds (contract ``dtype`` of inputs, state entries, tables, uniforms;
+# policy._DTYPES maps them to numpy).
+DTYPES = ("float32", "float64", "int64", "int32", "bool")
+
 
 class ContractError(UserError):
     """A policy file whose contract this runtime or this simulator cannot meet."""
@@ -69,7 +73,88 @@ def parse_contract(meta: dict[str, str] | None, source: str) -> dict[str, Any]:
     for key in ("scenario", "preset_hash", "observation", "inputs", "outputs", "action", "state"):
         if key not in c:
             raise ContractError(f"'{source}' has a version {version} policy contract without its '{key}' entry")
+    problem = _structure_problem(c)
+    if problem:
+        raise ContractError(f"'{source}' has a damaged policy contract: {problem}")
     return c
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_name(x: Any) -> bool:
+    return isinstance(x, str) and bool(x)
+
+
+def _dtype_problem(entry: dict[str, Any], where: str) -> str | None:
+    if "dtype" in entry and entry["dtype"] not in DTYPES:
+        return f"{where} has dtype {entry['dtype']!r}, which this runtime cannot feed (known: {', '.join(DTYPES)})"
+    return None
+
+
+def _structure_problem(c: dict[str, Any]) -> str | None:
+    """What the runtime later reads, with the types it reads it as; the first problem, or None."""
+    obs = c["observation"]
+    if not isinstance(obs, dict):
+        return "'observation' is not an object"
+    if not _is_int(obs.get("dim")) or obs["dim"] <= 0:
+        return f"observation.dim is {obs.get('dim')!r}, not a positive whole number"
+    if not isinstance(obs.get("fields", []), list) or not all(isinstance(f, dict) for f in obs.get("fields", [])):
+        return "observation.fields is not a list of objects"
+    if not isinstance(c["inputs"], list) or not c["inputs"]:
+        return "'inputs' is not a non-empty list of graph inputs"
+    for i, inp in enumerate(c["inputs"]):
+        if not isinstance(inp, dict) or not _is_name(inp.get("name")):
+            return f"input {i} has no 'name' (a non-empty string)"
+        shape = inp.get("shape", [])
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape[1:]):
+            return f"input '{inp['name']}' has shape {shape!r}; expected a list of sizes after the batch dimension"
+        if "count" in inp and not _is_int(inp["count"]):
+            return f"input '{inp['name']}' has count {inp['count']!r}, not a whole number"
+        problem = _dtype_problem(inp, f"input '{inp['name']}'")
+        if problem:
+            return problem
+    action = c["action"]
+    if not isinstance(action, dict):
+        return "'action' is not an object"
+    if not _is_name(action.get("output")):
+        return "action.output (the graph output holding the action) is missing"
+    if not isinstance(action.get("params", {}), dict):
+        return "action.params is not an object"
+    if action.get("targets") is not None and not isinstance(action["targets"], list):
+        return "action.targets is not a list of target names"
+    if not isinstance(action.get("modes") or [], (list, dict)):
+        return "action.modes is not a list or an object of modes"
+    sampling = action.get("sampling") or {}
+    if not isinstance(sampling, dict) or not isinstance(sampling.get("uniform", {}), dict):
+        return "action.sampling is not an object with an object 'uniform'"
+    problem = _dtype_problem(sampling.get("uniform", {}), "action.sampling.uniform")
+    if problem:
+        return problem
+    if not isinstance(c.get("policy", {}), dict):
+        return "'policy' is not an object"
+    if not isinstance(c["state"], list):
+        return "'state' is not a list of state entries"
+    for i, st in enumerate(c["state"]):
+        if not isinstance(st, dict) or not _is_name(st.get("input")) or not _is_name(st.get("output")):
+            return f"state entry {i} does not name its graph 'input' and 'output'"
+        if not isinstance(st.get("shape"), list) or not all(_is_int(d) and d >= 0 for d in st["shape"]):
+            return f"state '{st['input']}' has shape {st.get('shape')!r}, not a list of sizes"
+        problem = _dtype_problem(st, f"state '{st['input']}'")
+        if problem:
+            return problem
+        table = st.get("init_table")
+        if table is None:
+            continue
+        if (not isinstance(table, dict) or not isinstance(table.get("shape"), list)
+                or not all(_is_int(d) and d >= 0 for d in table["shape"])
+                or not isinstance(table.get("index", []), list) or not isinstance(table.get("bounds") or {}, dict)):
+            return f"state '{st['input']}' has an init_table without a list 'shape' of sizes, 'index' and 'bounds'"
+        problem = _dtype_problem(table, f"the init_table of state '{st['input']}'")
+        if problem:
+            return problem
+    return None
 
 
 def _same_scale(a: float, b: float) -> bool:

@@ -26,7 +26,17 @@ from policies.scenarios.base import OffloadDecision, OffloadView
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    with np.errstate(over="ignore"):  # exp(-x) -> inf for x < -709: 1 / inf = 0, the limit
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def _sigmoid1(x: float) -> float:
+    """:func:`_sigmoid` of one float, the same arithmetic (0.0 where exp(-x) overflows, as numpy's inf
+    gives): large pre-activations from out-of-distribution inputs decide, they do not crash."""
+    try:
+        return 1.0 / (1.0 + math.exp(-x))
+    except OverflowError:
+        return 0.0
 
 
 def _argmax_allowed(row: list[float], allowed: list[bool]) -> int:
@@ -59,14 +69,14 @@ def decode_mato_maddpg(out: np.ndarray, view: OffloadView, params: dict[str, Any
     dl_targets = params.get("download_targets")
     if out.shape[0] == 1:  # a single decision: scalar arithmetic is ~5x cheaper than numpy on 1-row arrays
         row = out[0].tolist()
-        eta = min(max(stretch / (1.0 + math.exp(-row[N])) - half, 0.0), 1.0)
+        eta = min(max(stretch * _sigmoid1(row[N]) - half, 0.0), 1.0)
         server = _argmax_allowed(row[:N], view.allowed[0, 1:N + 1].tolist())
         if server < 0:  # no edge server allowed: local
             eta = 0.0
         target = 1 + server if eta > 0 else 0
         download = None
         if view.has_download:
-            flag = 1.0 / (1.0 + math.exp(-row[N + 1])) >= thr
+            flag = _sigmoid1(row[N + 1]) >= thr
             download = np.array([flag and (dl_targets is None or target in dl_targets)])
         return OffloadDecision(target=np.array([target], dtype=np.int64), share=np.array([eta]), download=download)
     x = np.asarray(out, dtype=np.float64)
@@ -191,6 +201,11 @@ def check_factory_alternatives(params: dict[str, Any], sim, source: str) -> str 
     cand = getattr(sim, "candidates", None)
     if cand is None:
         return f"'{source}' chooses among a factory's joint alternatives, but scenario '{sim.name}' has none"
+    alt = params["alternatives"]
+    cols = ("target", "share", "download")
+    if not isinstance(alt, dict) or not all(isinstance(alt.get(k), list) for k in cols) \
+            or len({len(alt[k]) for k in cols}) != 1:
+        return f"'{source}' lists its alternatives without equally long 'target', 'share' and 'download' columns"
     want = cand()
     have = _alternatives(params)
     if want[0].size != have[0].size:
@@ -290,6 +305,12 @@ DECODERS: dict[str, Callable[[np.ndarray, OffloadView, dict], OffloadDecision]] 
     "edgeaigc_projection": decode_edgeaigc_projection,
     "factory_alternatives": decode_factory_alternatives,
 }
+
+# The parameters a decoder reads (contract ``action.params``); a file without one is refused at load time.
+DECODER_PARAMS: dict[str, tuple[str, ...]] = {
+    "mato_maddpg": ("servers", "eta_stretch"), "factory_heads": ("heads", "local_target", "cloud_target"),
+    "argmax_target": (), "categorical_target": (), "edgeaigc_projection": ("association", "share_floor"),
+    "factory_alternatives": ("alternatives",)}
 
 # The view a decoder reads: "offload" (OffloadView rows -> OffloadDecision) or "allocation"
 # (policies.scenarios.edgeaigc.AllocationView, one per slot -> AllocationDecision).

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 from pydantic import BaseModel, ValidationError
 
 from policies.errors import UserError
-from policies.runtime.policy import load_policy
+from policies.runtime.policy import ObservationError, load_policy
 from policies.scenarios.base import OffloadDecision, Policy, Simulator
 
 
@@ -44,11 +45,21 @@ class Decision:
         return asdict(self)
 
 
+def _non_finite_field(obj: BaseModel) -> str | None:
+    """The first field of ``obj`` holding NaN or infinity (a float or a list of floats), else None."""
+    for name in type(obj).model_fields:
+        value = getattr(obj, name)
+        for x in value if isinstance(value, list) else (value,):
+            if isinstance(x, float) and not math.isfinite(x):
+                return name
+    return None
+
+
 def _first_validation_error(exc: ValidationError, prefix: str) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in (prefix, *first["loc"]))
     more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-    return f"{loc}: {first['msg']}{more}"
+    return f"{loc}: {first['msg'].removeprefix('Value error, ')}{more}"
 
 
 class DecisionEngine:
@@ -95,13 +106,37 @@ class DecisionEngine:
         t0 = time.perf_counter_ns()
         tasks = [t if isinstance(t, self.Task) else self.Task.model_validate(t) for t in tasks]
         states = [s if isinstance(s, self.State) else self.State.model_validate(s) for s in states]
+        self.check_input(tasks, states)
         view = self.sim.live_view(tasks, states, slot=slot)
         decision = self.policy.decide(view)
         return self._decisions(decision, view, (time.perf_counter_ns() - t0) / 1e3)
 
+    def check_input(self, tasks: list[BaseModel], states: list[BaseModel]) -> None:
+        """Refuse, for every policy (exported or heuristic), input no decision can be right for:
+        NaN or infinity in a task or state (:class:`ObservationError`, as an exported policy refuses
+        such an observation) and a device or relaying edge server the plant does not have (the
+        scenario's LiveStateError)."""
+        preset = getattr(self.sim, "preset", None)
+        devices, edges = getattr(preset, "num_devices", None), getattr(preset, "num_edges", None)
+        for i, (task, state) in enumerate(zip(tasks, states)):
+            for what, obj in ((f"task {i}", task), (f"state of task {i}", state)):
+                name = _non_finite_field(obj)
+                if name is not None:
+                    raise ObservationError(f"{what} has a non-finite value in field '{name}'; a policy cannot decide "
+                                           "on NaN or infinity")
+            device = getattr(task, "device", None)
+            if devices is not None and device is not None and device >= devices:
+                raise self.state_error(f"task {i} comes from device {device}, but the plant has devices "
+                                       f"0..{devices - 1}")
+            relay = getattr(state, "relay_edge", None)
+            if edges is not None and relay is not None and relay >= edges:
+                raise self.state_error(f"state of task {i}: relay_edge {relay} is not an edge server of the plant "
+                                       f"(edge servers 0..{edges - 1})")
+
     def decide(self, task: Any, state: Any) -> Decision:
         """The decision for one task (a LiveTask or a dict of its fields) given the live state
-        (a LiveState or a dict). Raises pydantic's ValidationError or the scenario's LiveStateError."""
+        (a LiveState or a dict). Raises pydantic's ValidationError, the scenario's LiveStateError
+        (a task that does not fit the plant) or ObservationError (NaN or infinity)."""
         return self.decide_many([task], [state])[0]
 
     # -- JSON lines ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from policies.errors import UserError
 from policies.runtime.contract import ContractError, check_contract, parse_contract, state_key
-from policies.runtime.decoders import DECODER_CHECKS, DECODER_VIEWS, DECODERS
+from policies.runtime.decoders import DECODER_CHECKS, DECODER_PARAMS, DECODER_VIEWS, DECODERS
 from policies.scenarios.base import OffloadDecision, OffloadView, Policy, Simulator
 
 _DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
@@ -106,6 +106,10 @@ class OnnxPolicy(Policy):
                                 f"does not have (known: {', '.join(DECODERS)})")
         self._decode = DECODERS[action["decoder"]]
         self._params = action.get("params", {})
+        missing = [k for k in DECODER_PARAMS.get(action["decoder"], ()) if k not in self._params]
+        if missing:
+            raise ContractError(f"'{self.path}' gives the action decoder '{action['decoder']}' no "
+                                f"{', '.join(repr(k) for k in missing)} in action.params")
         check = DECODER_CHECKS.get(action["decoder"])
         problem = check(self._params, sim, self.path) if check else None
         if problem:

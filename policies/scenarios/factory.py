@@ -214,6 +214,16 @@ class LiveState(BaseModel):
     backhaul_mbps: float | None = Field(None, gt=0, description="edge <-> cloud task backhaul rate, Mbit/s (preset if absent)")
     relay_edge: int | None = Field(None, ge=0, description="server relaying cloud traffic (default: best uplink)")
 
+    @model_validator(mode="after")
+    def _physical_entries(self) -> "LiveState":
+        """Per-server entries that mean something: rates and backlogs >= 0, CPUs > 0 (NaN is refused by
+        the decision engine; the number of entries and the indices are checked against the plant)."""
+        for name, positive in (("uplink_mbps", False), ("edge_backlog_s", False), ("edge_cpu_ghz", True)):
+            for j, x in enumerate(getattr(self, name)):
+                if x < 0 or (positive and x == 0):
+                    raise ValueError(f"{name}[{j}] is {x:g}; it must be {'positive' if positive else 'at least 0'}")
+        return self
+
 
 # --------------------------------------------------------------------------------------------
 # Observation layout

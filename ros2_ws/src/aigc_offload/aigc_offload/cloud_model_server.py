@@ -5,7 +5,9 @@ Lifecycle:
   a bad index or a file that does not match its manifest fails the transition with one log line.
 - activate: creates the services ``~/list_models`` (ListModels), ``~/fetch_model_chunk``
   (FetchModelChunk) and ``~/submit_task`` (SubmitTask: the cloud runs a task itself when the
-  decision says cloud or no edge server holds the model); deactivate/cleanup/shutdown destroy them.
+  decision says cloud or no edge server holds the model); deactivate/cleanup/shutdown destroy them,
+  and every accepted task not finished yet ends with a FAILED result saying the cloud was
+  deactivated (its acknowledgement is forgotten: a repeated hand-off after reactivation runs it).
 
 Cloud execution follows the simulator (EdgeAIGC eq. 11, docs/papers/factory.md §1.5): the task's
 input crosses the shared edge<->cloud backhaul (one FIFO link at ``cloud_backhaul_mbps`` of the
@@ -54,7 +56,10 @@ class CloudModelServer(Autostart, LifecycleNode):
         self.work: dict | None = None
         self.backhaul_free_s = 0.0  # when the shared backhaul FIFO is free (POSIX s)
         self._backhaul_lock = threading.Lock()
-        self._task_timers: set[threading.Timer] = set()
+        # accepted tasks whose result is not published yet: timer -> task (under _tasks_lock)
+        self._task_timers: dict[threading.Timer, object] = {}
+        self._tasks_lock = threading.Lock()
+        self._result_pub = None
         self._acks = RecentAcks()
         self.tasks_run = 0
         self.max_chunk_bytes = DEFAULT_MAX_CHUNK_BYTES
@@ -95,6 +100,10 @@ class CloudModelServer(Autostart, LifecycleNode):
         self.cloud_hz = preset.cloud_cpu_ghz * 1e9
         self.backhaul_bps = preset.cloud_backhaul_mbps * 1e6
         self.catalog, self.max_chunk_bytes = catalog, max_chunk
+        from .deployment import TASK_QUEUE_DEPTH, EXECUTION_RESULT_TOPIC
+
+        if self._result_pub is None:  # once: each activation used to add another publisher
+            self._result_pub = self.create_publisher(TaskResult, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
         self.get_logger().info(
             f"Catalog {catalog_dir} loaded and verified: {len(catalog)} model(s): "
             + ", ".join(f"{m.name}@{m.version}" for m in catalog.manifests()))
@@ -106,19 +115,32 @@ class CloudModelServer(Autostart, LifecycleNode):
             self.create_service(FetchModelChunk, "~/fetch_model_chunk", self._on_fetch_chunk),
             self.create_service(SubmitTask, "~/submit_task", self._on_submit_task, qos_profile=TASK_SERVICE_QOS),
         ]
-        from .deployment import TASK_QUEUE_DEPTH, EXECUTION_RESULT_TOPIC
-
-        self._result_pub = self.create_publisher(TaskResult, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
         self.get_logger().info("Active: serving ~/list_models, ~/fetch_model_chunk and ~/submit_task.")
         return super().on_activate(state)
 
-    def _drop_services(self) -> None:
-        for t in list(self._task_timers):
-            t.cancel()
-        self._task_timers.clear()
+    def _drop_services(self, why: str = "the cloud was deactivated") -> None:
+        from .messages import task_result_for
+
         for srv in self._data_services:
             self.destroy_service(srv)
         self._data_services = []
+        with self._tasks_lock:
+            dropped = list(self._task_timers.items())
+            self._task_timers.clear()
+            for _timer, task in dropped:  # a repeat of its hand-off must not be answered "accepted": it never runs
+                self._acks.forget(task.task_id, task.hops)
+        for timer, task in dropped:
+            timer.cancel()
+            if self._result_pub is not None:
+                self._result_pub.publish(task_result_for(task, TaskResult.FAILED, f"{why} before the task finished",
+                                                         "cloud"))
+        if dropped:
+            self.get_logger().warning(f"{len(dropped)} accepted task(s) failed: {why} before they finished.")
+
+    def _destroy_publisher(self) -> None:
+        if self._result_pub is not None:
+            self.destroy_publisher(self._result_pub)
+            self._result_pub = None
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._drop_services()
@@ -126,11 +148,13 @@ class CloudModelServer(Autostart, LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._drop_services()
+        self._destroy_publisher()
         self.catalog = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._drop_services()
+        self._drop_services("the cloud shut down")
+        self._destroy_publisher()
         self.catalog = None
         return TransitionCallbackReturn.SUCCESS
 
@@ -196,7 +220,9 @@ class CloudModelServer(Autostart, LifecycleNode):
         fire_at = task.deadline_at_s if late else finish
 
         def publish() -> None:
-            self._task_timers.discard(timer)
+            with self._tasks_lock:
+                if self._task_timers.pop(timer, None) is None:  # dropped (and failed) by _drop_services
+                    return
             if late:
                 msg = task_result_for(task, TaskResult.DEADLINE_MISSED,
                                       f"the cloud path needs {finish - now:.3f} s, past the deadline", "cloud",
@@ -209,7 +235,8 @@ class CloudModelServer(Autostart, LifecycleNode):
 
         timer = threading.Timer(max(fire_at - time.time(), 0.0), publish)
         timer.daemon = True
-        self._task_timers.add(timer)
+        with self._tasks_lock:
+            self._task_timers[timer] = task
         timer.start()
         return response
 

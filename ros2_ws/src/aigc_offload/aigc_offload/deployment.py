@@ -36,6 +36,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from policies.errors import UserError
+
 PACKAGE = "aigc_offload"
 REQUEST_TOPIC = "/aigc/task_request"  # TaskRequest, ingress -> gateway
 DECISION_TOPIC = "/aigc/decision"  # Decision, gateway -> ingress (reply to the device)
@@ -62,8 +64,9 @@ CLOUD_NODE = "cloud_model_server"
 GATEWAY_NODE = "edge_gateway"
 
 
-class DeploymentError(ValueError):
-    """The deployment file is missing, not YAML, or violates the schema; ``str()`` says where."""
+class DeploymentError(UserError, ValueError):
+    """The deployment file is missing, not YAML, or violates the schema, or asks for a plant the
+    preset does not have; ``str()`` says where. A UserError: ``aigc-offload`` prints it and exits 2."""
 
 
 class GatewayConfig(BaseModel):
@@ -144,6 +147,8 @@ def load_deployment(path: str | Path, overrides: dict[str, Any] | None = None) -
         raise DeploymentError(f"deployment file '{path}' does not exist") from None
     except OSError as exc:
         raise DeploymentError(f"deployment file '{path}' cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise DeploymentError(f"deployment file '{path}' is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except yaml.YAMLError as exc:
         raise DeploymentError(f"deployment file '{path}' is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

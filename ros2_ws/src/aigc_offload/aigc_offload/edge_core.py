@@ -87,6 +87,12 @@ class RecentAcks:
             self.repeats += ack is not None
             return ack
 
+    def forget(self, task_id: str, hops: int) -> None:
+        """Drop the acknowledgement of a hand-off whose task will not run here after all (a repeat of it
+        must be judged again, not answered 'accepted')."""
+        with self._lock:
+            self._acks.pop((task_id, hops), None)
+
     def put(self, task_id: str, hops: int, ack: Admission) -> None:
         if not ack.accepted:
             return
@@ -286,6 +292,19 @@ class EdgeServerCore:
             self.running = task
             self.running_until_s = self.clock() + float(compute_delay_s(task.work_cycles, self.cpu_hz))
             return task
+
+    def drain_queue(self) -> list[EdgeTask]:
+        """Take every queued (not running) task out, counted failed and unpinned: the caller ends them
+        (the server is being deactivated and will not run them)."""
+        with self.lock:
+            tasks = list(self.queue)
+            self.queue.clear()
+            self._queued_s = 0.0
+            for task in tasks:
+                self.cache.unpin(task.model_name)
+                self.counters["failed"] += 1
+            self.lock.notify_all()
+            return tasks
 
     def fetch_error(self, name: str) -> str:
         """Why the last download of ``name`` failed; "" when it did not (or gave no reason)."""

@@ -9,6 +9,8 @@ Lifecycle:
 - activate: subscribes ``/aigc/task_request`` (TaskRequest), ``/aigc/execution_result`` and
   ``/aigc/edge_status``; publishes ``/aigc/decision`` (Decision), ``/aigc/task_result`` (one
   terminal TaskResult per task) and ``/diagnostics`` (DiagnosticArray).
+- deactivate / shutdown: every task in flight ends with a FAILED result saying so, before the
+  publishers go quiet (a request that arrives meanwhile is rejected with the same reason).
 
 Per task: decide, publish the decision (the device runs its share on seeing it), hand the
 offloaded share to the edge server or the cloud (``SubmitTask``) after its modeled upload time
@@ -33,7 +35,7 @@ from aigc_offload_interfaces.srv import SubmitTask
 from .lifecycle_main import Autostart, run_node, settle_heap
 from .deployment import (TASK_QUEUE_DEPTH, task_stream_qos, CLOUD_NODE, DECISION_TOPIC, EXECUTION_RESULT_TOPIC, REQUEST_TOPIC, RESULT_TOPIC,
                          STATUS_TOPIC, Deployment, draw_plant)
-from .gateway_core import TARGET_CLOUD, TARGET_EDGE, GatewayCore, Request, RequestError, Terminal
+from .gateway_core import STATE_COUNTER, TARGET_CLOUD, TARGET_EDGE, GatewayCore, Request, RequestError, Terminal
 from .hand_off import HandOffScheduler
 from .hot_path import HotPath
 from .log_throttle import ThrottledLog
@@ -98,17 +100,20 @@ class EdgeGateway(Autostart, LifecycleNode):
         self.core: GatewayCore | None = None
         # a dead edge server fails every task sent to it: one line per 5 s, with the count left out
         self._warn_hand_off = ThrottledLog(lambda text: self.get_logger().warning(text), 5.0)
+        self._warn_bad_result = ThrottledLog(lambda text: self.get_logger().warning(text), 5.0)
         self._io = ReentrantCallbackGroup()
         self._handles: list = []
         self._active_timers: list = []
         self._submit_clients: dict[str, object] = {}
         self._hand_offs: HandOffScheduler | None = None
         self._hot: HotPath | None = None
+        self._pubs: list = []
         self.setup_autostart()
 
 
     def release(self) -> None:
-        self._teardown()
+        # after a signal the context is gone and nothing can be published any more
+        self._teardown("the gateway shut down" if self.context.ok() else None)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -117,6 +122,11 @@ class EdgeGateway(Autostart, LifecycleNode):
 
         g = lambda n: self.get_parameter(n).value  # noqa: E731
         try:
+            # a bad period or timeout would fail later, in on_activate or per task, far from its cause
+            for name in ("diagnostics_period_s", "submit_timeout_s", "status_stale_s", "result_grace_s"):
+                v = float(g(name))
+                if not (0.0 < v < float("inf") or (v == 0.0 and name == "result_grace_s")):
+                    raise ValueError(f"{name} must be a positive, finite number of seconds, got {g(name)}")
             sim = make_simulator(str(g("preset")), expect="factory")
             n_edges = int(g("num_edge_servers")) or None
             plant = draw_plant(Deployment(preset=str(g("preset")), seed=int(g("seed")), num_edge_servers=n_edges))
@@ -146,14 +156,16 @@ class EdgeGateway(Autostart, LifecycleNode):
             self.get_logger().warning(f"{exc}; using the fallback heuristic '{fallback}'.")
         self.core = GatewayCore(sim, plant, policy, name, status_stale_s=float(g("status_stale_s")),
                                 result_grace_s=float(g("result_grace_s")), seed=int(g("seed")))
+        if not self._pubs:  # once per configuration: each activation used to add another set
+            self._decision_pub = self.create_lifecycle_publisher(Decision, DECISION_TOPIC, task_stream_qos())
+            self._result_pub = self.create_lifecycle_publisher(TaskResult, RESULT_TOPIC, task_stream_qos())
+            self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
+            self._pubs = [self._decision_pub, self._result_pub, self._diag_pub]
         self.get_logger().info(f"Configured: policy {name}, {len(plant.devices)} devices, "
                                f"{len(plant.edges)} edge servers, preset {g('preset')}.")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._decision_pub = self.create_lifecycle_publisher(Decision, DECISION_TOPIC, task_stream_qos())
-        self._result_pub = self.create_lifecycle_publisher(TaskResult, RESULT_TOPIC, task_stream_qos())
-        self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         # Requests (decided in arrival order, one at a time) and execution results: per-task traffic,
         # served by the hot path's thread (hot_path.py: rclpy's executor cost ~0.3 ms per message).
         self._hot = HotPath(self)
@@ -183,10 +195,12 @@ class EdgeGateway(Autostart, LifecycleNode):
         settle_heap()  # after everything the task path keeps exists (lifecycle_main.settle_heap)
         return ret
 
-    def _teardown(self) -> None:
+    def _teardown(self, why: str | None) -> None:
+        """Stop the task path; with ``why`` (the publishers still enabled) every task in flight ends
+        with a FAILED result giving it. ``None``: the context is gone, nothing can be sent."""
         if self._hand_offs is not None:  # first: it calls the hot path's clients
-            self._hand_offs.stop()
-            self._hand_offs = None
+            hand_offs, self._hand_offs = self._hand_offs, None  # a request from now on is rejected
+            hand_offs.stop(why)  # the hand-offs it held fail with ``why`` (_hand_off_failed)
         if self._hot is not None:
             self._hot.stop()
             self._hot = None
@@ -196,18 +210,36 @@ class EdgeGateway(Autostart, LifecycleNode):
         for t in self._active_timers:
             self.destroy_timer(t)
         self._handles, self._active_timers = [], []
+        core = self.core
+        if why is not None and core is not None:  # no sweep or result will end them any more
+            for term in core.fail_all(TaskResult.FAILED, why):
+                self._publish_terminal(term)
+
+    def _destroy_publishers(self) -> None:
+        for p in self._pubs:
+            self.destroy_lifecycle_publisher(p)
+        self._pubs = []
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self._teardown("the gateway was deactivated")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self._teardown(None)  # inactive: nothing in flight since on_deactivate
+        self._destroy_publishers()
         self.core = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self._teardown("the gateway shut down")  # from active, the publishers are still enabled
+        self._destroy_publishers()
+        self.core = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # a transition that raised (lifecycle_main logs it) leaves the node unconfigured: stop what it started
+        self._teardown("the gateway stopped after an error")
+        self._destroy_publishers()
         self.core = None
         return TransitionCallbackReturn.SUCCESS
 
@@ -218,8 +250,11 @@ class EdgeGateway(Autostart, LifecycleNode):
                                             created_at_s=from_time(msg.created_at)))
 
     def _on_request(self, msg: TaskRequest) -> None:
-        core = self.core
+        core, hand_offs = self.core, self._hand_offs
         if core is None:
+            return
+        if hand_offs is None:  # taken by the hot path while the gateway is deactivated
+            self._reject(msg, "the gateway is being deactivated")
             return
         kind = {TaskRequest.TASK_REPORT: "report", TaskRequest.TASK_DEFECT_IMAGE: "image"}.get(msg.task_kind)
         if kind is None:
@@ -249,7 +284,8 @@ class EdgeGateway(Autostart, LifecycleNode):
             dec = Decision(task_id=msg.task_id, origin=msg.origin, target_kind=gd.target_kind, target_index=gd.target_index,
                            target_id=gd.target_id, offload_share=gd.share, download_model=gd.download,
                            model_name=msg.model_name, policy_name=core.policy_name)
-            self._hand_offs.schedule(delay, SubmitTask.Request(task=msg, decision=dec, hops=0), gd.target_id)
+            # stopped meanwhile: the scheduler fails it at once (_hand_off_failed)
+            hand_offs.schedule(delay, SubmitTask.Request(task=msg, decision=dec, hops=0), gd.target_id)
 
     def _submit_node(self, target_id: str) -> str:
         return str(self.get_parameter("cloud_node").value) if target_id == "cloud" else target_id
@@ -271,6 +307,11 @@ class EdgeGateway(Autostart, LifecycleNode):
     def _on_result(self, msg: TaskResult) -> None:
         core = self.core
         if core is None:
+            return
+        if msg.state not in STATE_COUNTER:  # the task keeps waiting for a real result, or the sweep
+            self._warn_bad_result(f"Ignored an execution result for task '{msg.task_id}' from "
+                                  f"'{msg.executed_on}': state {msg.state} is none of DONE, REJECTED, FAILED, "
+                                  "DEADLINE_MISSED (0-3).")
             return
         term = core.on_result(msg.task_id, int(msg.part), int(msg.state), msg.reason, msg.executed_on, msg)
         if term is not None:

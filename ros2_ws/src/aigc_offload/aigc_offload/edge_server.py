@@ -94,6 +94,7 @@ class EdgeServer(Autostart, LifecycleNode):
         self._chunk_bytes = 1 << 20  # download_chunk_bytes, validated at configure
         self._io_group = ReentrantCallbackGroup()
         self._stop = threading.Event()
+        self._stop_why = "deactivated"  # what set _stop, for the result of a task it cut short
         self._worker: threading.Thread | None = None
         self._active_handles: list = []
         self._acks = RecentAcks()
@@ -218,13 +219,15 @@ class EdgeServer(Autostart, LifecycleNode):
         settle_heap()  # after everything the task path keeps exists (lifecycle_main.settle_heap)
         return super().on_activate(state)
 
-    def _deactivate(self) -> None:
+    def _deactivate(self, why: str = "deactivated") -> None:
         if self._hot is not None:
             self._hot.stop()
             self._hot = None
+        self._stop_why = why
         self._stop.set()
+        reason = f"{self.server_id} was {why} before the task ran"
         if self._forwarder is not None:
-            self._forwarder.stop()
+            self._forwarder.stop(reason)  # every forward not yet acknowledged ends (FAILED) with the reason
             self._forwarder = None
         with self._forwards_lock:
             self._forwards.clear()
@@ -234,6 +237,13 @@ class EdgeServer(Autostart, LifecycleNode):
         if self._worker is not None:
             self._worker.join(timeout=5.0)
             self._worker = None
+        core = self.core
+        if core is not None and self._result_pub is not None:
+            # queued tasks would otherwise wait for the gateway's sweep, ended with a wrong reason
+            for task in core.drain_queue():
+                self._acks.forget(task.task_id, task.hops)
+                self._result_pub.publish(task_result_for(task, TaskResult.FAILED, reason, f"edge:{self.server_id}",
+                                                         queue_wait_s=time.time() - task.received_at_s))
         for h in self._active_handles:
             if hasattr(h, "srv_name"):
                 self.destroy_service(h)
@@ -249,12 +259,12 @@ class EdgeServer(Autostart, LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._deactivate()
+        self._deactivate("cleaned up")
         self._release_cache()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._deactivate()
+        self._deactivate("shut down")
         self._release_cache()
         return TransitionCallbackReturn.SUCCESS
 
@@ -488,6 +498,12 @@ class EdgeServer(Autostart, LifecycleNode):
             # Hold the task for its modeled compute time, cut at the deadline (abort rule).
             self._stop.wait(max(min(budget, left) - (time.time() - start), 0.0))
             busy = time.time() - start
+            if self._stop.is_set() and busy < min(budget, left):  # cut short: the work was not done
+                core.finish(task, "failed", busy)
+                self._result_pub.publish(task_result_for(
+                    task, TaskResult.FAILED, f"{self.server_id} was {self._stop_why} while the task ran "
+                    f"({busy:.3f} s of {budget:.3f} s compute)", where, queue_wait_s=wait, compute_s=busy))
+                continue
             if budget > left:
                 core.finish(task, "deadline_missed", busy)
                 self._result_pub.publish(task_result_for(

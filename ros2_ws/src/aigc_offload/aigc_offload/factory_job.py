@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .deployment import Deployment, draw_plant, node_specs
+from .deployment import Deployment, DeploymentError, draw_plant, node_specs
 from .runner import Graph, GatewayReadiness, IngressReadiness, die_with_parent
 
 #: how long the main job waits for the OPC UA ingress to reach every controller before its clock starts [s]
@@ -69,6 +69,9 @@ class PlantRun:
                  device_source: str = "scenario", extra_clients: tuple[str, ...] = ()):
         self.dep, self.workdir, self.device_source = dep, workdir, device_source
         self.extra_clients = extra_clients
+        for name, count in (("controllers", controllers), ("cameras", cameras)):
+            if count < 0:
+                raise DeploymentError(f"{name} must be 0 or more, got {count}")
         self.plant = draw_plant(dep)
         self.ctrl = [d for d in self.plant.devices if d.kind == "controller"][:controllers]
         self.cams = [d for d in self.plant.devices if d.kind == "camera"][:cameras]

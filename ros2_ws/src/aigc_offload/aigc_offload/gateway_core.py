@@ -15,7 +15,7 @@ otherwise; deadline missed when no result came by the deadline plus a grace peri
 from __future__ import annotations
 
 import heapq
-
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,12 +28,27 @@ from policies.cost import compute_delay_s, compute_energy_j, transmission_delay_
 from .deployment import Plant
 
 DONE, REJECTED, FAILED, DEADLINE_MISSED = 0, 1, 2, 3  # = TaskResult.* constants
+STATE_COUNTER = {DONE: "done", FAILED: "failed", REJECTED: "failed", DEADLINE_MISSED: "deadline_missed"}
 PART_WHOLE, PART_LOCAL, PART_REMOTE = 0, 1, 2
 TARGET_LOCAL, TARGET_EDGE, TARGET_CLOUD = 0, 1, 2
 
 
 class RequestError(ValueError):
     """A task request the gateway refuses; ``str()`` is the reason sent back to the device."""
+
+
+def _device_deadline_cap_s() -> float:
+    """The longest deadline_s a device may ask for: the bound of the device schema (MQTT payloads and
+    the OPC UA RequestTask method both go through ``mqtt_bridge.schemas.TaskRequest``). A ROS
+    publisher reaches the gateway without that schema, and an unbounded deadline kept a task (and
+    its hand-off retries) alive forever."""
+    from mqtt_bridge.schemas import TaskRequest as DeviceRequest
+
+    return float(next(m.le for m in DeviceRequest.model_fields["deadline_s"].metadata
+                      if getattr(m, "le", None) is not None))
+
+
+MAX_DEADLINE_S = _device_deadline_cap_s()
 
 
 @dataclass(frozen=True)
@@ -165,6 +180,14 @@ class GatewayCore:
             raise RequestError(f"{'output_tokens' if req.kind == 'report' else 'denoising_steps'} must be positive")
         if not req.deadline_s > 0:
             raise RequestError(f"deadline_s must be positive, got {req.deadline_s}")
+        if not req.deadline_s <= MAX_DEADLINE_S:  # also inf
+            raise RequestError(f"deadline_s must be at most {MAX_DEADLINE_S:g} s, got {req.deadline_s}")
+        # created_at comes from the device's clock: one far in the future would push the deadline out as well
+        # (a skewed clock is tolerated up to the same bound: a task is tracked for two of them at most)
+        ahead_s = req.created_at_s - self.clock()
+        if not (math.isfinite(req.created_at_s) and ahead_s <= MAX_DEADLINE_S):
+            raise RequestError(f"created_at is {ahead_s:.0f} s in the future, more than {MAX_DEADLINE_S:g} s "
+                               "ahead of the gateway's clock")
         with self.lock:
             if req.task_id in self.tracked or req.task_id in self.finished_ids:
                 raise RequestError(f"task id '{req.task_id}' was already submitted")
@@ -263,6 +286,8 @@ class GatewayCore:
     def on_result(self, task_id: str, part: int, state: int, reason: str, executed_on: str, msg=None
                   ) -> Terminal | None:
         """An execution result of one part; returns the task's terminal state when it is reached."""
+        if state not in STATE_COUNTER:  # before anything changes: the task stays as it was
+            raise ValueError(f"result state {state} is none of DONE, REJECTED, FAILED, DEADLINE_MISSED (0-3)")
         now = self.clock()
         with self.lock:
             tr = self.tracked.get(task_id)
@@ -290,6 +315,12 @@ class GatewayCore:
             tr = self.tracked.get(task_id)
             return None if tr is None else self._terminate(tr, state, reason, self.clock())
 
+    def fail_all(self, state: int, reason: str) -> list[Terminal]:
+        """Every task in flight ends now (the gateway stops deciding and tracking)."""
+        with self.lock:
+            now = self.clock()
+            return [self._terminate(tr, state, reason, now) for tr in list(self.tracked.values())]
+
     def sweep(self) -> list[Terminal]:
         """Deadline misses: tasks with parts still open past their deadline plus the grace."""
         now = self.clock()
@@ -314,12 +345,12 @@ class GatewayCore:
         return out
 
     def _terminate(self, tr: Tracked, state: int, reason: str, now: float) -> Terminal:
-        del self.tracked[tr.req.task_id]
-        self.finished_ids[tr.req.task_id] = now
         if state == DONE and now > tr.deadline_at_s + 1e-3:
             state, reason = DEADLINE_MISSED, f"finished {now - tr.deadline_at_s:.3f} s after the deadline"
-        self.counters[{DONE: "done", FAILED: "failed", REJECTED: "failed",
-                       DEADLINE_MISSED: "deadline_missed"}[state]] += 1
+        counter = STATE_COUNTER[state]  # looked up first: a task is never untracked without its terminal state
+        del self.tracked[tr.req.task_id]
+        self.finished_ids[tr.req.task_id] = now
+        self.counters[counter] += 1
         executed = "+".join(sorted({r[4] for r in tr.results if r[4]})) or tr.decision.target_id
         return Terminal(tr.req, state, reason, max(now - tr.req.created_at_s, 0.0), tr.energy_j, executed,
                         list(tr.results))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ def _deadline_s(request: Any) -> float:
     created = getattr(task, "created_at", None)
     if created is None:
         return 0.0
-    return created.sec + created.nanosec * 1e-9 + float(getattr(task, "deadline_s", 0.0))
+    at = created.sec + created.nanosec * 1e-9 + float(getattr(task, "deadline_s", 0.0))
+    return at if math.isfinite(at) else 0.0  # an endless deadline must not mean retrying forever
 
 
 @dataclass(order=True)
@@ -49,7 +51,8 @@ class HandOffScheduler:
     matched yet (Fast DDS "failed to send response"), and the servers answer a repeated hand-off
     of a task with their first acknowledgement without running it twice (``edge_core.RecentAcks``).
     ``fail(task_id, reason)`` is called once for every hand-off that did not land (refused,
-    unreachable, unknown, silent), ``acknowledged(task_id)`` (optional) once for every one accepted;
+    unreachable, unknown, silent, or still open at ``stop(reason)``), ``acknowledged(task_id)``
+    (optional) once for every one accepted;
     the acknowledgements arrive on the thread that completes the futures (the gateway's hot path,
     an edge server's I/O executor).
     """
@@ -67,6 +70,7 @@ class HandOffScheduler:
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._stopped = False
+        self._stop_reason: str | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -78,14 +82,30 @@ class HandOffScheduler:
         # has matched it to the cloud's service, and a failure then helps nobody.
         h.give_up_s = max(due + self.timeout_s, _deadline_s(request))
         with self._cv:
-            heapq.heappush(self._due, h)
-            self._cv.notify()
+            if not self._stopped:
+                heapq.heappush(self._due, h)
+                self._cv.notify()
+                return
+            why = self._stop_reason
+        if why is not None:  # scheduled by a thread that did not see the stop yet
+            self._fail(request.task.task_id, f"not handed to {target_id}: {why}")
 
-    def stop(self) -> None:
+    def stop(self, reason: str | None = None) -> None:
+        """Stop the thread. With ``reason`` every hand-off still queued or not acknowledged (and any
+        scheduled later) fails with it; without, they are dropped (nothing can be reported any more)."""
         with self._cv:
             self._stopped = True
+            self._stop_reason = reason
             self._cv.notify()
         self._thread.join(timeout=2.0)
+        with self._cv:  # after the join: a hand-off the thread was sending is back in one of them
+            open_ = sorted(self._due) + sorted(self._sent.values())
+            self._due, self._sent = [], {}
+        for h in open_:
+            if h.future is not None:
+                h.future.cancel()
+            if reason is not None:
+                self._fail(h.request.task.task_id, f"not handed to {h.target_id}: {reason}")
 
     def pending(self) -> int:
         with self._cv:

@@ -237,6 +237,14 @@ class HilResult:
     details: list[dict] = field(default_factory=list)
 
 
+def _check_full_edge_tier(running: int, preset: int) -> None:
+    from .deployment import DeploymentError
+
+    if running != preset:
+        raise DeploymentError(f"HIL compares against the preset's full edge tier: run it with every edge server "
+                              f"(num_edge_servers {running} of the preset's {preset})")
+
+
 def run_hil(dep, *, slots: int, seed: int, workdir: str, settle_s: float = 5.0, out=None) -> HilResult:
     """Start the graph, play ``slots`` slots of episode 0 of ``seed``, compare with the simulator."""
     import os
@@ -253,8 +261,7 @@ def run_hil(dep, *, slots: int, seed: int, workdir: str, settle_s: float = 5.0, 
     out = out or sys.stdout
     plant = draw_plant(dep)
     sim = make_simulator(dep.preset, expect="factory")
-    if len(plant.edges) != sim.N:
-        raise ValueError("HIL compares against the preset's full edge tier: run it with every edge server")
+    _check_full_edge_tier(len(plant.edges), sim.N)
     wl = sim.generate_workload(episode_rng(seed, 0, 0), 0)
     keep = wl.tasks["slot"] < slots
     from policies.workload import Workload
@@ -280,8 +287,8 @@ def run_hil(dep, *, slots: int, seed: int, workdir: str, settle_s: float = 5.0, 
         ready = GatewayReadiness(node, len(plant.edges))
         threading.Thread(target=ex.spin, daemon=True).start()  # after every entity is created
         if not graph.wait_ready(ready, 180.0):
-            raise RuntimeError("the gateway did not see every edge server: "
-                               + (graph.failure_summary() or graph.tail("edge_gateway")))
+            print(graph.failure_summary() or graph.tail("edge_gateway"), file=out, flush=True)
+            raise RuntimeError("the gateway did not see every edge server within 180 s")
         time.sleep(1.0)
         print(f"hil: playing {len(tasks)} tasks of {slots} slots ({slots * sim.preset.slot_s:g} s)", file=out, flush=True)
         start = player.play(tasks, sim.preset.slot_s, settle_s=max(sim.preset.report_deadline_s, sim.preset.image_deadline_s)
@@ -344,8 +351,7 @@ def run_hil_devices(dep, *, slots: int, seed: int, controllers: int, cameras: in
     out = out or sys.stdout
     run = PlantRun(dep, controllers, cameras, Path(workdir), device_source="none", extra_clients=("plc",))
     sim = make_simulator(dep.preset, expect="factory")
-    if len(run.plant.edges) != sim.N:
-        raise ValueError("HIL compares against the preset's full edge tier: run it with every edge server")
+    _check_full_edge_tier(len(run.plant.edges), sim.N)
     chosen = {d.index for d in run.ctrl + run.cams}
     wl = sim.generate_workload(episode_rng(seed, 0, 0), 0)
     keep = (np.asarray(wl.tasks["slot"]) < slots) & np.isin(np.asarray(wl.tasks["source"]), list(chosen))
@@ -388,8 +394,8 @@ def run_hil_devices(dep, *, slots: int, seed: int, controllers: int, cameras: in
         opc: dict[str, tuple] = {}
         try:
             if not run.graph.wait_ready(ready, 180.0):
-                raise RuntimeError("the gateway did not see every edge server: "
-                                   + (run.graph.failure_summary() or run.graph.tail("edge_gateway")))
+                print(run.graph.failure_summary() or run.graph.tail("edge_gateway"), file=out, flush=True)
+                raise RuntimeError("the gateway did not see every edge server within 180 s")
             # The PLC program's secure sessions to the controllers, the cameras' MQTT sessions.
             if run.ctrl:
                 opc = asyncio.run_coroutine_threadsafe(_plc_sessions(run), loop).result(120.0)
@@ -401,8 +407,9 @@ def run_hil_devices(dep, *, slots: int, seed: int, controllers: int, cameras: in
                 c.start()
                 cams[d.device_id] = c
             if ingress is not None and not ingress.wait(180.0):
-                raise RuntimeError(f"the OPC UA ingress reached {ingress.connected or 'none'} of the controllers: "
-                                   + run.graph.tail("opcua_ingress"))
+                print(run.graph.tail("opcua_ingress"), file=out, flush=True)
+                raise RuntimeError(f"the OPC UA ingress reached {ingress.connected or 'none'} of the controllers "
+                                   "within 180 s")
             time.sleep(2.0)  # let the bridge finish (re)subscribing
             print(f"hil: playing {len(tasks)} tasks of {slots} slots through {len(run.ctrl)} OPC UA controllers "
                   f"and {len(run.cams)} MQTT cameras", file=out, flush=True)

@@ -16,8 +16,8 @@ owner (lifecycle services, parameters, timers, low-rate topics) stays on its nor
 callbacks of a HotPath may run concurrently with the owner's executor: they must use the owner's
 locks as any multi-threaded callback does.
 
-An exception in a callback is logged with the message's topic and the thread goes on: one bad
-message must not stop the path every other task takes.
+An exception in a callback (or in sending a service's reply) is logged with the message's topic
+and the thread goes on: one bad message must not stop the path every other task takes.
 """
 
 from __future__ import annotations
@@ -192,8 +192,9 @@ class HotPath:
                 return
             try:
                 response = e.callback(request, srv.srv_type.Response())
+                # inside the try: a wrong return type (TypeError) or a reply DDS cannot send (RCLError)
+                # is this request's failure, not the end of the thread that serves every request
+                srv.send_response(response, header)
             except Exception as exc:  # noqa: BLE001 - see the module doc; the caller times out
                 self.errors += 1
                 self.owner.get_logger().error(f"service {e.name} failed: {type(exc).__name__}: {exc}")
-                continue
-            srv.send_response(response, header)

@@ -1,10 +1,13 @@
-"""What every lifecycle node of the package shares: autostart and ``main()``.
+"""What every lifecycle node of the package shares: autostart, transition errors and ``main()``.
 
 ``autostart: true`` configures and activates a node without a lifecycle manager; a node that was
-started to serve but cannot configure shuts its context down, and :func:`run_node` then exits 1,
-so launchers and the runner see the failure. :func:`run_node` spins the node until SIGINT/SIGTERM
-(rclpy turns both into a context shutdown), runs the node's ``release()`` (stop threads, close
-sockets) and destroys it.
+started to serve but cannot configure or activate says so and shuts its context down, and
+:func:`run_node` then exits 1, so launchers and the runner see the failure. An exception in a
+transition callback is logged with one line naming the transition and the error, and the
+transition fails (ERROR): rclpy 9.1.2 turns it into ERROR without a word (``# TODO log sth here``),
+so a node that could not activate looked merely idle. :func:`run_node` spins the node until
+SIGINT/SIGTERM (rclpy turns both into a context shutdown), runs the node's ``release()`` (stop
+threads, close sockets) and destroys it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,15 @@ import sys
 from typing import Callable
 
 import rclpy
+from lifecycle_msgs.msg import State
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import TransitionCallbackReturn
+
+# the transition states rclpy runs a callback in -> what the node was doing
+_TRANSITIONS = {State.TRANSITION_STATE_CONFIGURING: "configure", State.TRANSITION_STATE_ACTIVATING: "activate",
+                State.TRANSITION_STATE_DEACTIVATING: "deactivate", State.TRANSITION_STATE_CLEANINGUP: "clean up",
+                State.TRANSITION_STATE_SHUTTINGDOWN: "shut down",
+                State.TRANSITION_STATE_ERRORPROCESSING: "process an error"}
 
 
 class Autostart:
@@ -26,16 +36,35 @@ class Autostart:
 
     def setup_autostart(self, callback_group=None) -> None:
         self.autostart_failed = False
+        self._log_transition_errors()
         if self.get_parameter("autostart").value:
             self._autostart_timer = self.create_timer(0.0, self._autostart, callback_group=callback_group)
 
+    def _log_transition_errors(self) -> None:
+        """Wrap the callbacks rclpy registered for the transitions (``LifecycleNodeMixin._callbacks``,
+        bound in its __init__) so that an exception is logged before it becomes ERROR."""
+        def logged(cb, what: str):
+            def run(state):
+                try:
+                    return cb(state)
+                except Exception as exc:  # noqa: BLE001 - rclpy would swallow it; the transition fails
+                    self.get_logger().error(f"Could not {what}: {type(exc).__name__}: {exc}")
+                    return TransitionCallbackReturn.ERROR
+            return run
+
+        for state_id, cb in list(self._callbacks.items()):
+            self._callbacks[state_id] = logged(cb, _TRANSITIONS.get(state_id, f"leave transition state {state_id}"))
+
     def _autostart(self) -> None:
         self.destroy_timer(self._autostart_timer)
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
-        else:  # a node started to serve that cannot serve exits, so launchers see the failure
-            self.autostart_failed = True
-            self.context.try_shutdown()
+        # the node says why it refused (its own "Refusing to ..." or the line above); this says what follows
+        for step, trigger in (("configure", self.trigger_configure), ("activate", self.trigger_activate)):
+            ret = trigger()
+            if ret != TransitionCallbackReturn.SUCCESS:  # a node started to serve that cannot serve exits
+                self.get_logger().error(f"Autostart: the node could not {step}; exiting with status 1.")
+                self.autostart_failed = True
+                self.context.try_shutdown()
+                return
 
     def release(self) -> None:
         """Stop what the node runs besides the executor (threads, sockets); called before destroy."""

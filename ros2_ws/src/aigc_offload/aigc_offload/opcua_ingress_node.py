@@ -209,6 +209,7 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
         self._handles: list = []
         self._hot: HotPath | None = None
         self._timers: list = []
+        self._pubs: list = []
         self._log_handler: _ToRosLog | None = None
         self.setup_autostart()
 
@@ -262,9 +263,16 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
             self.endpoints, self.security = self._build_security()
             if float(self._p("publish_interval_ms")) < 0 or int(self._p("max_tracked_tasks")) < 1:
                 raise ValueError("publish_interval_ms must be >= 0 and max_tracked_tasks >= 1")
+            if not float(self._p("diagnostics_period_s")) > 0:  # else on_activate fails creating its timer
+                raise ValueError(f"diagnostics_period_s must be positive, got {self._p('diagnostics_period_s')}")
         except ValueError as exc:
             self.get_logger().error(f"Refusing to configure: {exc}.")
             return TransitionCallbackReturn.FAILURE
+        if not self._pubs:  # once: each activation used to add another set
+            self._req_pub = self.create_lifecycle_publisher(TaskRequestMsg, REQUEST_TOPIC, task_stream_qos())
+            self._exec_pub = self.create_lifecycle_publisher(TaskResultMsg, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
+            self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
+            self._pubs = [self._req_pub, self._exec_pub, self._diag_pub]
         self.get_logger().info(f"Configured: {len(self.endpoints)} OPC UA endpoint(s) as user "
                                f"'{self.security.username}', client certificate {self.security.cert}.")
         return TransitionCallbackReturn.SUCCESS
@@ -272,9 +280,6 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         from opcua_devices.ingress import IngressSettings, OpcuaIngress
 
-        self._req_pub = self.create_lifecycle_publisher(TaskRequestMsg, REQUEST_TOPIC, task_stream_qos())
-        self._exec_pub = self.create_lifecycle_publisher(TaskResultMsg, EXECUTION_RESULT_TOPIC, TASK_QUEUE_DEPTH)
-        self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         settings = IngressSettings(backoff_min_s=float(self._p("backoff_min_s")),
                                    backoff_max_s=float(self._p("backoff_max_s")),
                                    delivery_timeout_s=float(self._p("delivery_timeout_s")),
@@ -286,20 +291,23 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
         lg.propagate = False  # into the ROS log only, not twice
         self.ingress = OpcuaIngress(self.endpoints, self.security, on_request=self._on_opcua_request,
                                     on_device_result=self._on_execution, settings=settings)
-        self.ingress.start()  # connects in the background; an absent server is retried with backoff
         # decisions and results: per-task traffic, served by the hot path's thread (hot_path.py)
         self._hot = HotPath(self)
         self._hot.subscribe(DecisionMsg, DECISION_TOPIC, self._on_decision, TASK_QUEUE_DEPTH,
                             content_filter_options=origin_filter(ORIGIN_PREFIX))
         self._hot.subscribe(TaskResultMsg, RESULT_TOPIC, self._on_result, TASK_QUEUE_DEPTH,
                             content_filter_options=origin_filter(ORIGIN_PREFIX))
-        self._hot.start()
         self._handles = []
         self._timers = [self.create_timer(float(self._p("diagnostics_period_s")), self._diagnostics,
                                           callback_group=self._cb)]
+        ret = super().on_activate(state)
+        # after the publishers are enabled: a request handed over before would be dropped, and the
+        # ingress does not hand the same request over twice
+        self.ingress.start()  # connects in the background; an absent server is retried with backoff
+        self._hot.start()  # after the ingress: a decision or result is handed to a running ingress
         self.get_logger().info(f"Active: OPC UA ingress for {', '.join(self.endpoints)} -> {REQUEST_TOPIC}.")
         settle_heap()  # after everything the task path keeps exists (lifecycle_main.settle_heap)
-        return super().on_activate(state)
+        return ret
 
     def _teardown(self) -> None:
         if self._hot is not None:
@@ -323,8 +331,14 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
         self._teardown()
         return super().on_deactivate(state)
 
+    def _destroy_publishers(self) -> None:
+        for p in self._pubs:
+            self.destroy_lifecycle_publisher(p)
+        self._pubs = []
+
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
+        self._destroy_publishers()
         self.security = None
         with self._lock:
             self._known.clear()
@@ -332,6 +346,7 @@ class OpcuaIngressNode(Autostart, LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
+        self._destroy_publishers()
         return TransitionCallbackReturn.SUCCESS
 
     # -- task memory ----------------------------------------------------------------------------

@@ -75,20 +75,32 @@ class McapRecorder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         self._writer = Writer(self._file, compression=CompressionType.ZSTD if _has_zstd() else CompressionType.NONE)
-        self._writer.start(profile="ros2", library="aigc_offload recorder")
         self._lock = threading.Lock()
         self._seq = 0
         self.counts: dict[str, int] = {}
         self._subs = []
-        for topic, msg_type in topics.items():
-            type_name = f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
-            schema_id = self._writer.register_schema(name=type_name, encoding="ros2msg",
-                                                     data=ros2msg_schema(type_name).encode())
-            channel_id = self._writer.register_channel(topic=topic, message_encoding="cdr", schema_id=schema_id)
-            self.counts[topic] = 0
-            self._subs.append(node.create_subscription(
-                msg_type, topic, lambda data, c=channel_id, t=topic: self._write(c, t, data), (qos or {}).get(topic, 1000),
-                raw=True))
+        try:
+            self._writer.start(profile="ros2", library="aigc_offload recorder")
+            for topic, msg_type in topics.items():
+                type_name = f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
+                schema_id = self._writer.register_schema(name=type_name, encoding="ros2msg",
+                                                         data=ros2msg_schema(type_name).encode())
+                channel_id = self._writer.register_channel(topic=topic, message_encoding="cdr", schema_id=schema_id)
+                self.counts[topic] = 0
+                self._subs.append(node.create_subscription(
+                    msg_type, topic, lambda data, c=channel_id, t=topic: self._write(c, t, data),
+                    (qos or {}).get(topic, 1000), raw=True))
+        except BaseException:
+            # nobody gets the recorder to close(): leave a finished (empty) file, not an open, truncated one
+            for sub in self._subs:
+                node.destroy_subscription(sub)
+            try:
+                self._writer.finish()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            self._file.close()
+            self._writer = None
+            raise
 
     def _write(self, channel_id: int, topic: str, data: bytes) -> None:
         now = time.time_ns()
