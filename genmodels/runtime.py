@@ -74,20 +74,36 @@ def load_catalog(zoo_dir: str | Path) -> list[dict]:
     index = root / "catalog.yaml"
     if not index.is_file():
         raise ModelFileError(f"{root} has no catalog.yaml (build one with `aigc-offload models build --out {root}`)")
-    doc = yaml.safe_load(index.read_text(encoding="utf-8"))
+    try:
+        doc = yaml.safe_load(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{index} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        raise ModelFileError(f"{index} is not valid YAML" + (f" (line {where.line + 1})" if where else "")
+                             + f": {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
         raise ModelFileError(f"{index} must be a mapping with a list under 'models'")
+    for i, e in enumerate(doc["models"]):
+        if not isinstance(e, dict) or not isinstance(e.get("file"), str) or not e["file"]:
+            raise ModelFileError(f"{index}: model entry {i + 1} must be a mapping with a 'file' (a path "
+                                 f"relative to {root})")
     return [{**e, "path": root / e["file"]} for e in doc["models"]]
 
 
 def open_model(entry: dict, threads: int = 1) -> "ImageGenerator | TextGenerator":
     """The generator of one catalog entry, its file checked against size and sha256."""
+    missing = [k for k in ("kind", "sha256", "size_bytes") if k not in entry]
+    if missing:
+        raise ModelFileError(f"catalog entry {entry.get('name', entry.get('file', '?'))!r} lacks "
+                             f"{', '.join(repr(k) for k in missing)}")
     cls = TextGenerator if entry["kind"] in ("text", 0) else ImageGenerator
     return cls(entry["path"], sha256=entry["sha256"], size_bytes=entry["size_bytes"], threads=threads)
 
 
 class _OnnxModel:
     kind = ""
+    config_keys: tuple[str, ...] = ()  # the 'genmodels.config' entries the subclass reads
 
     def __init__(self, path: str | Path, sha256: str | None = None, size_bytes: int | None = None,
                  threads: int = 1):
@@ -106,7 +122,16 @@ class _OnnxModel:
             raise ModelFileError(f"model file {self.path} is not a genmodels {self.kind} model "
                                  f"(metadata kind {meta.get('genmodels.kind')!r})")
         self.name = meta.get("genmodels.name", self.path.stem)
-        self.config = json.loads(meta["genmodels.config"])
+        try:
+            self.config = json.loads(meta["genmodels.config"])
+        except KeyError:
+            raise ModelFileError(f"model file {self.path} has no 'genmodels.config' metadata") from None
+        except ValueError:
+            raise ModelFileError(f"model file {self.path} has 'genmodels.config' metadata that is not JSON") from None
+        missing = [k for k in self.config_keys if not isinstance(self.config, dict) or k not in self.config]
+        if missing:
+            raise ModelFileError(f"model file {self.path}: its 'genmodels.config' metadata lacks "
+                                 f"{', '.join(repr(k) for k in missing)}")
         self.last: GenerationStats | None = None
 
 
@@ -114,6 +139,7 @@ class ImageGenerator(_OnnxModel):
     """Class-conditional defect-image diffusion model (DDIM sampling, eta = 0)."""
 
     kind = "image"
+    config_keys = ("classes", "image_size", "num_train_timesteps")
 
     def __init__(self, path, sha256=None, size_bytes=None, threads: int = 1):
         super().__init__(path, sha256, size_bytes, threads)
@@ -157,6 +183,7 @@ class TextGenerator(_OnnxModel):
     """Word-piece GRU report generator; the recurrent state is an explicit input/output."""
 
     kind = "text"
+    config_keys = ("vocab", "layers", "hidden")
 
     def __init__(self, path, sha256=None, size_bytes=None, threads: int = 1):
         super().__init__(path, sha256, size_bytes, threads)

@@ -142,6 +142,20 @@ class BrokerFiles:
     accounts: dict[str, str] = field(default_factory=dict)  # username -> password (keep secret)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a secret readable by the owner only: created with mode 0600, never wider first (an
+    existing file is narrowed to 0600 before it is written)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            fd = -1
+            f.write(text)
+    finally:
+        if fd != -1:
+            os.close(fd)
+
+
 def write_broker_config(directory: str | Path, *, tls_port: int, devices: Iterable[DeviceAddress] = (),
                         bridge_users: Iterable[str] = ("bridge",), passwords: Mapping[str, str] | None = None,
                         enterprise: str = DEFAULT_ENTERPRISE, bind_address: str = "127.0.0.1",
@@ -170,8 +184,7 @@ def write_broker_config(directory: str | Path, *, tls_port: int, devices: Iterab
     passwords = dict(passwords or {})
     accounts = {n: passwords.get(n) or secrets.token_urlsafe(18) for n in names}
     pw_file = d / "passwd"
-    pw_file.write_text("".join(f"{u}:{p}\n" for u, p in accounts.items()))
-    os.chmod(pw_file, 0o600)
+    _write_private(pw_file, "".join(f"{u}:{p}\n" for u, p in accounts.items()))
     _run([_tool(MOSQUITTO_PASSWD), "-U", str(pw_file)])  # hash the plain-text file in place
     acl_file = d / "acl"
     acl_file.write_text(acl_text(devices, bridge_users, enterprise))

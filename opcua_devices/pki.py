@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import socket
 import sys
@@ -39,7 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from asyncua.crypto import cert_gen
 
-from .security import hash_password, write_users_file, read_users_file
+from .security import hash_password, read_users_file, write_private_file, write_users_file
 from .model import SAFE_ID_RE
 
 CERT_DAYS = 365 * 2
@@ -62,14 +61,21 @@ class CertPair:
     key: Path  # PEM, unencrypted (lab use: protect it with file permissions)
 
 
+class PkiError(Exception):
+    """The existing PKI cannot be used as it is (half-present or encrypted CA); nothing was overwritten."""
+
+
 def _write_key(path: Path, key) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(cert_gen.dump_private_key_as_pem(key))
-    os.chmod(path, 0o600)
+    write_private_file(path, cert_gen.dump_private_key_as_pem(key))
 
 
 def _load_key(path: Path):
-    return serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except TypeError as exc:  # "Password was not given but private key is encrypted"
+        raise PkiError(f"the CA key '{path}' is encrypted, and this tool signs only with an unencrypted "
+                       "key (put a decrypted copy there for the enrolment, e.g. made with "
+                       "'openssl pkey', and remove it afterwards)") from exc
 
 
 def make_ca(directory: Path, common_name: str = "aigc-offload lab CA") -> CertPair:
@@ -77,6 +83,11 @@ def make_ca(directory: Path, common_name: str = "aigc-offload lab CA") -> CertPa
     pair = CertPair(directory / "ca_cert.der", directory / "ca_key.pem")
     if pair.cert.is_file() and pair.key.is_file():
         return pair
+    if pair.cert.exists() or pair.key.exists():
+        present, missing = (pair.cert, pair.key) if pair.cert.exists() else (pair.key, pair.cert)
+        raise PkiError(f"the CA in '{directory}' is incomplete ('{present.name}' exists, '{missing.name}' is "
+                       "missing), so no new CA is made over it (restore the missing file to enrol more "
+                       "devices, or remove the CA files to start a new PKI and re-enrol every device)")
     key = cert_gen.generate_private_key()
     # extended=[] makes cert_gen issue a CA certificate (keyCertSign, cRLSign, basicConstraints CA).
     cert = cert_gen.generate_self_signed_app_certificate(
@@ -180,6 +191,11 @@ def make_lab_pki(out: str | Path, devices: list[str], clients: list[str], *, hos
     for name in [*devices, *clients]:
         if not SAFE_ID_RE.match(name):
             raise ValueError(f"'{name}' is not a valid device or client name (1-64 of [A-Za-z0-9_-])")
+    trusted_ca = pki.trust_dir / "ca_cert.der"
+    if trusted_ca.exists() and not pki.ca.cert.exists() and not pki.ca.key.exists():
+        raise PkiError(f"'{trusted_ca}' exists but the CA it belongs to is not in '{pki.ca.cert.parent}', so no "
+                       "new CA is made over it (restore the CA files, or remove the trusted CA certificate to "
+                       "start a new PKI and re-enrol every device)")
     ca = make_ca(pki.root / "ca")
     pki.trust_dir.mkdir(parents=True, exist_ok=True)
     (pki.trust_dir / "ca_cert.der").write_bytes(ca.cert.read_bytes())
@@ -192,8 +208,7 @@ def make_lab_pki(out: str | Path, devices: list[str], clients: list[str], *, hos
         pw_file = pki.root / "clients" / c / "password"
         if c in passwords or not pw_file.is_file() or c not in users:
             password = passwords.get(c) or secrets.token_urlsafe(18)
-            pw_file.write_text(password + "\n", encoding="utf-8")
-            os.chmod(pw_file, 0o600)
+            write_private_file(pw_file, password + "\n")
             kw = {} if pbkdf2_iterations is None else {"iterations": pbkdf2_iterations}
             users[c] = hash_password(password, **kw)
     write_users_file(pki.users_file, users)
@@ -210,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         pki = make_lab_pki(args.out, args.devices, args.clients, hosts=args.hosts)
+    except PkiError as exc:
+        print(f"error: {exc}.", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

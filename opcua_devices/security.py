@@ -78,11 +78,43 @@ def read_users_file(path: str | Path) -> dict[str, str]:
     return data
 
 
-def write_users_file(path: str | Path, users: dict[str, str]) -> None:
+def write_private_file(path: str | Path, data: bytes | str) -> None:
+    """Write a secret (key, password, hashes) readable by the owner only: the file is created with
+    mode 0600 (never with the default mode first), and an existing file is narrowed to 0600
+    before anything is written to it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(users, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.chmod(path, 0o600)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            fd = -1
+            f.write(data)
+    finally:
+        if fd != -1:
+            os.close(fd)
+
+
+def write_users_file(path: str | Path, users: dict[str, str]) -> None:
+    write_private_file(path, json.dumps(users, indent=2, sort_keys=True) + "\n")
+
+
+def _dummy_hash(stored_hashes) -> str:
+    """A hash string no password matches, with the iteration count most stored hashes use
+    (:data:`PBKDF2_ITERATIONS` without users): checking a password against it costs what checking
+    one against a real user's hash costs. Built without running PBKDF2."""
+    counts: dict[int, int] = {}
+    for stored in stored_hashes:
+        try:
+            n = int(stored.split("$")[1])
+        except (IndexError, ValueError):
+            continue
+        counts[n] = counts.get(n, 0) + 1
+    iterations = max(counts, key=counts.get) if counts else PBKDF2_ITERATIONS
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"{HASH_SCHEME}${iterations}${b64(os.urandom(16))}${b64(os.urandom(32))}"
 
 
 class PasswordUserManager:
@@ -95,6 +127,7 @@ class PasswordUserManager:
     def __init__(self, users: dict[str, str], *, allow_anonymous: bool = False):
         self._users = dict(users)
         self.allow_anonymous = allow_anonymous
+        self._dummy_hash = _dummy_hash(self._users.values())
 
     def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
                  certificate: Any = None) -> User | None:
@@ -106,9 +139,10 @@ class PasswordUserManager:
             log.warning("refused a session without user name and password")
             return None
         stored = self._users.get(username)
-        # Hash even for an unknown user, so the answer time does not reveal which names exist.
+        # Run the same PBKDF2 (same iteration count as the stored users) for an unknown user, so
+        # the answer time does not reveal which names exist.
         if stored is None:
-            verify_password(password or "", hash_password("x", iterations=1_000, salt=b"0" * 16))
+            verify_password(password or "", self._dummy_hash)
             log.warning("refused unknown user '%s'", username)
             return None
         if not verify_password(password or "", stored):

@@ -27,6 +27,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -393,17 +394,47 @@ def with_contract(model_bytes: bytes, contract: dict, extra: dict[str, str] | No
     return model.SerializeToString()
 
 
+def check_output_path(out: str | Path) -> Path:
+    """``out`` as a Path, after checking a file can be written there (before any long export work)."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out '{out}' is a directory; name a .onnx file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write --out '{out}': {exc.strerror or exc}") from None
+    return out
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``data`` to ``path`` through a temporary file that never outlives a failure."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise UserError(f"cannot write '{path}': {exc.strerror or exc}") from None
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
 
 
 def export_actor(spec: ActorExport, sim, out: str | Path, preset_name: str, policy_name: str,
                  provenance: dict, parity_samples: int = 0, seed: int = 0) -> dict:
     """Export ``spec`` to ``out`` with its contract; with ``parity_samples`` > 0 the torch-vs-onnxruntime
-    parity is checked first and recorded in the contract's provenance. Returns a summary."""
+    parity is checked first (on the model in memory) and recorded in the contract's provenance; ``out`` is
+    written or replaced only if parity passes (``written`` in the summary). Returns a summary."""
+    out = check_output_path(out)
     raw = onnx_bytes(spec)
     tables, extra = state_table_entries(spec)
     for st in spec.state:
@@ -417,10 +448,12 @@ def export_actor(spec: ActorExport, sim, out: str | Path, preset_name: str, poli
         provenance = {**provenance, "parity": parity}
     contract = build_contract(spec, sim, preset_name, policy_name, provenance)
     data = with_contract(raw, contract, extra)
-    out = Path(out)
-    write_atomic(out, data)
+    written = parity is None or bool(parity["passed"])
+    if written:  # a file that failed parity never replaces (or becomes) a loadable policy
+        write_atomic(out, data)
     return {"out": str(out), "bytes": len(data), "scenario": sim.name, "policy": policy_name,
-            "algorithm": spec.algorithm, "preset_hash": contract["preset_hash"], "parity": parity}
+            "algorithm": spec.algorithm, "preset_hash": contract["preset_hash"], "parity": parity,
+            "written": written}
 
 
 def export_run(run_dir: str | Path, out: str | Path, command: list[str] | None = None, parity_samples: int = 0,
@@ -429,6 +462,7 @@ def export_run(run_dir: str | Path, out: str | Path, command: list[str] | None =
     run_dir = Path(run_dir)
     if not str(out).endswith(".onnx"):
         raise UserError(f"--out '{out}' must name a .onnx file")
+    check_output_path(out)
     spec, sim, resolved, ckpt = load_run(run_dir)
     prov = run_provenance(run_dir, resolved, ckpt, command or [])
     return export_actor(spec, sim, out, resolved.get("preset_name", resolved["scenario"]), name or run_dir.name,
@@ -648,7 +682,8 @@ class TorchPolicy(OnnxPolicy):
 
 
 def format_summary(res: dict) -> str:
-    line = (f"exported {res['algorithm']} policy '{res['policy']}' ({res['scenario']}, preset hash "
+    verb = "exported" if res.get("written", True) else "did not export"
+    line = (f"{verb} {res['algorithm']} policy '{res['policy']}' ({res['scenario']}, preset hash "
             f"{res['preset_hash'][:12]}) to {res['out']} ({res['bytes']} bytes)")
     p = res.get("parity")
     if p:
@@ -663,6 +698,8 @@ def format_summary(res: dict) -> str:
                      f"decisions in {r['episodes']} episodes, continuous max |diff| {r['max_abs_diff_continuous']:.3g}, "
                      f"raw max |diff| {r['max_abs_diff_raw']:.3g} (relative {r['max_rel_diff_raw']:.3g}), same decision "
                      f"in {r['decision_agreement']:.4%}: {'PASSED' if r['passed'] else 'FAILED'}")
+    if not res.get("written", True):
+        line += f"\nparity FAILED: {res['out']} was not written (any previous file there is unchanged)"
     return line
 
 

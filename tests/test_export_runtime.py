@@ -376,6 +376,67 @@ def test_export_cli(mato_runs, tmp_path):
     assert proc.returncode == 2 and "is not a trained run directory" in proc.stderr
 
 
+def test_failed_parity_never_replaces_the_output(mato_runs, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import policies.export as ex
+    from policies.cli import main as cli_main
+
+    run, good, _ = mato_runs["maddpg"]
+    out = tmp_path / "m.onnx"
+    shutil.copyfile(good, out)
+    before = out.read_bytes()
+    real = ex.check_parity
+    monkeypatch.setattr(ex, "check_parity", lambda *a, **k: {**real(*a, **k), "passed": False})
+    assert cli_main(["export", str(run), "--out", str(out), "--check-parity", "50"]) == 1
+    assert out.read_bytes() == before and read_contract(out)["provenance"]["parity"]["passed"]
+    assert "was not written" in capsys.readouterr().out
+    fresh = tmp_path / "fresh.onnx"
+    assert cli_main(["export", str(run), "--out", str(fresh), "--check-parity", "50"]) == 1
+    assert not fresh.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_broken_checkpoint_is_a_user_error(mato_runs, tmp_path, capsys):
+    import shutil
+
+    from policies.cli import main as cli_main
+    from policies.train.common import CHECKPOINT, load_checkpoint
+
+    run, _, _ = mato_runs["saddpg"]
+    ok = load_checkpoint(run)  # a valid checkpoint loads exactly as torch.load does
+    ref = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+    assert isinstance(ok, dict) and ok.keys() == ref.keys()
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    for content in (b"", b"not a torch checkpoint", (run / CHECKPOINT).read_bytes()[:100]):
+        (broken / CHECKPOINT).write_bytes(content)
+        with pytest.raises(UserError, match="checkpoint .*checkpoint.pt cannot be read"):
+            load_checkpoint(broken)
+        capsys.readouterr()
+        assert cli_main(["export", str(broken), "--out", str(tmp_path / "b.onnx")]) == 2
+        assert "cannot be read" in capsys.readouterr().err and not (tmp_path / "b.onnx").exists()
+        assert cli_main(["evaluate", "--scenario", "mato", "--set", "num_devices=3", "--set", "slots_per_episode=4",
+                         "--policies", f"run:{broken}", "--episodes", "1"]) == 2
+        assert "cannot be read" in capsys.readouterr().err
+
+
+def test_unwritable_output_fails_before_export(mato_runs, tmp_path, capsys, monkeypatch):
+    import policies.export as ex
+    from policies.cli import main as cli_main
+
+    run, _, _ = mato_runs["saddpg"]
+    monkeypatch.setattr(ex, "load_run", lambda *a: pytest.fail("exported before checking --out"))
+    assert cli_main(["export", str(run), "--out", "/proc/aigc_no_such/y.onnx"]) == 2
+    assert "cannot write --out" in capsys.readouterr().err
+    d = tmp_path / "d.onnx"
+    d.mkdir()
+    assert cli_main(["export", str(run), "--out", str(d)]) == 2
+    assert "is a directory" in capsys.readouterr().err and not list(tmp_path.glob("*.tmp"))
+    # the final write itself: no temporary file left behind, a typed error
+    with pytest.raises(UserError, match="cannot write"):
+        ex.write_atomic(d, b"x")
+    assert d.is_dir() and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.probe"))
+
 def test_bench_decision_json():
     proc = subprocess.run([sys.executable, "-m", "policies.cli", "bench", "decision", "--json", "--decisions", "200",
                            "--decision-batch", "32"], capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -157,3 +157,35 @@ def test_calibrate_json_and_write(zoo, tmp_path):
     run_cli("models", "calibrate", "--zoo", str(zoo), "--repeats", "1", "--clock-ghz", "2.5",
             "--preset", str(preset), "--write")
     assert preset.read_text().count("measured by `aigc-offload models calibrate`") == 1
+
+
+def test_broken_catalog_and_metadata_are_model_file_errors(zoo, tmp_path, capsys):
+    import onnx
+
+    bad_zoo = tmp_path / "zoo"
+    bad_zoo.mkdir()
+    catalog = bad_zoo / "catalog.yaml"
+    full = (zoo / "catalog.yaml").read_text()
+    for text, match in ((full[: len(full) // 2] + "\n  - {name: [", "not valid YAML"),
+                        ("models:\n  - {name: report-s, kind: text}\n", "must be a mapping with a 'file'"),
+                        ("models:\n  - just-a-string\n", "must be a mapping with a 'file'")):
+        catalog.write_text(text)
+        with pytest.raises(ModelFileError, match=match):
+            load_catalog(bad_zoo)
+        capsys.readouterr()
+        assert cli_main(["models", "calibrate", "--zoo", str(bad_zoo), "--repeats", "1", "--clock-ghz", "2.5"]) == 2
+        assert match in capsys.readouterr().err
+    e = entry(zoo, "defect-s")
+    with pytest.raises(ModelFileError, match="lacks 'sha256'"):
+        open_model({k: v for k, v in e.items() if k != "sha256"})
+    # a genmodels-tagged ONNX file without (or with incomplete) genmodels.config metadata
+    for props, match in (({"genmodels.kind": "image"}, "no 'genmodels.config' metadata"),
+                         ({"genmodels.kind": "image", "genmodels.config": "{not json"}, "not JSON"),
+                         ({"genmodels.kind": "image", "genmodels.config": "{}"}, "lacks 'classes'")):
+        model = onnx.load(str(e["path"]))
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, props)
+        path = tmp_path / "nometa.onnx"
+        onnx.save(model, str(path))
+        with pytest.raises(ModelFileError, match=match):
+            ImageGenerator(path)

@@ -669,3 +669,29 @@ def test_server_cli_bad_setup_is_one_sentence_not_a_traceback(pki):
     finally:
         blocker.close()
     _assert_one_sentence(proc, f"127.0.0.1:{port}", "address already in use")
+
+
+@pytest.mark.parametrize("stored_iterations", [None, 2_000])
+def test_unknown_user_runs_the_same_pbkdf2_as_a_wrong_password(monkeypatch, stored_iterations):
+    """No user enumeration by timing: an unknown user name costs the PBKDF2 iterations a real user's
+    wrong password costs (checked on the iteration counts actually run, not by timing)."""
+    import hashlib
+
+    from opcua_devices.security import PBKDF2_ITERATIONS, PasswordUserManager
+
+    kw = {} if stored_iterations is None else {"iterations": stored_iterations}
+    users = {"gateway": hash_password("right", **kw), "bench": hash_password("other", **kw)}
+    manager = PasswordUserManager(users)
+    runs: list[int] = []
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac",
+                        lambda name, pw, salt, iterations, *a: runs.append(iterations) or b"\0" * 32)
+    assert manager.get_user(None, "gateway", "wrong") is None
+    wrong_password = list(runs)
+    runs.clear()
+    assert manager.get_user(None, "mallory", "wrong") is None
+    assert wrong_password == [stored_iterations or PBKDF2_ITERATIONS]
+    assert runs == wrong_password
+    # without users the production count is used
+    runs.clear()
+    assert PasswordUserManager({}).get_user(None, "mallory", "x") is None
+    assert runs == [PBKDF2_ITERATIONS]

@@ -441,7 +441,7 @@ def regenerate_defaults(report: str | Path = "reports/factory", out: str | Path 
 def _ship_one(algo: str, seed: int, report_run: str, episodes: int, results: dict, preset_overrides: dict, out: Path,
               runs: Path, parity: int, command: list[str], progress) -> dict:
     """One learner's run (the report's, or trained again under ``runs``) exported to ``<out>/<algo>_s<seed>.onnx``
-    with its card directory; a file whose parity fails is removed again (returned with its parity)."""
+    with its card directory; a file whose parity fails is not written (returned with its parity)."""
     import json
     import shutil
 
@@ -474,8 +474,7 @@ def _ship_one(algo: str, seed: int, report_run: str, episodes: int, results: dic
                   "--name", name]
     progress(f"exporting {name} from {src} (parity on {parity} observations)")
     res = export_run(src, onnx_path, export_cmd, parity_samples=parity, seed=0, name=name)
-    if not res["parity"]["passed"]:
-        onnx_path.unlink(missing_ok=True)
+    if not res["parity"]["passed"]:  # export_run wrote no file for it
         shutil.rmtree(card, ignore_errors=True)
     cfg = json.loads((run / "config.json").read_text())
     summ = run_summary(run)

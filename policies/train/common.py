@@ -199,7 +199,11 @@ def load_checkpoint(out: Path) -> dict | None:
     path = out / CHECKPOINT
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # empty, truncated, not a torch file, unreadable: EOFError, UnpicklingError, ...
+        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is empty, "
+                        f"truncated or not a torch checkpoint") from None
 
 
 # -- agents that act only at their own decision points -----------------------------------------------
