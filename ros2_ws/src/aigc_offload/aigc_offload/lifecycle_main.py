@@ -4,7 +4,7 @@
 started to serve but cannot configure or activate says so and shuts its context down, and
 :func:`run_node` then exits 1, so launchers and the runner see the failure. An exception in a
 transition callback is logged with one line naming the transition and the error, and the
-transition fails (ERROR): rclpy 9.1.2 turns it into ERROR without a word (``# TODO log sth here``),
+transition fails (ERROR): rclpy 9.1.2 turns it into ERROR without a word (its source leaves the log to do),
 so a node that could not activate looked merely idle. :func:`run_node` spins the node until
 SIGINT/SIGTERM (rclpy turns both into a context shutdown), runs the node's ``release()`` (stop
 threads, close sockets) and destroys it.
