@@ -59,8 +59,11 @@ def run(paper: str, quick: bool = False, seeds: int | None = None, out: str | Pa
         for k, v in s.algo_overrides.items():
             if f.algo_overrides.get(k, "default") != v:
                 notes.append(f"training with {k}={v} (full run: {f.algo_overrides.get(k, 'the default')})")
-        if s.x_subset or s.experiments:
-            notes.append(f"only the points {s.x_subset or s.experiments}")
+        if s.experiments:
+            notes.append(f"only the experiments {', '.join(s.experiments)}")
+        if s.x_subset:
+            notes.append("of " + "; of ".join(f"{k}, only {', '.join(str(x) for x in v)}" for k, v in s.x_subset.items())
+                         + (" (every other experiment in full)" if not s.experiments else ""))
         s.reduced = notes
     if status_only:
         from policies.reproduce.core import status

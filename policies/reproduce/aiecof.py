@@ -732,4 +732,5 @@ def write_report(results: dict, out: Path) -> None:
 SPEC = PaperSpec(name="aiecof", title="DRL-Enabled Computation Offloading for AIGC Services in IoIT-assisted Edge "
                  "Computing Networks (TOPPO)", source="/work/shared/seeds/002_9f4754fdbb9e5979.txt", scenario="aiecof",
                  methods=METHODS, experiments=EXPERIMENTS, full=full, quick=quick, convergence_point=MAIN.name,
-                 write_report=write_report, extra=extra)
+                 write_report=write_report, extra=extra,
+                 extra_points={"hyper": tuple(HYPER_PANELS), "task_types": P_VALUES, "cpu_util": (), "landscape": ()})

@@ -128,6 +128,8 @@ class PaperSpec:
     # (spec, settings, point, sim, run_dir, seed) -> dict | None, cached with the run's evaluation there and
     # kept as the point's "run_extra" (method -> one per seed)
     run_extra: Callable[..., dict | None] | None = None
+    # the keys (and x values; empty: selected by key only) that ``extra``'s studies read from --points
+    extra_points: Mapping[str, tuple] = field(default_factory=dict)
 
     def method(self, key: str) -> Method:
         return next(m for m in self.methods if m.key == key)
@@ -505,6 +507,23 @@ def _still_running(rec: dict) -> bool:
     return True
 
 
+def refuse_concurrent_training(spec: PaperSpec, settings: Settings, runs: Path, points: list[Point]) -> None:
+    """Refuse an invocation that would train or resume a run while another invocation on the same runs root is
+    alive: both would write that run's checkpoint and metrics. One that only reuses finished runs (a report
+    re-made beside a training invocation) may go on."""
+    if all(run_finished(out, settings.episodes) for *_, out in training_runs(spec, settings, runs, points)):
+        return
+    for path in sorted(runs.glob(RUNNING.format(pid="*"))):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if int(rec.get("pid", -1)) != os.getpid() and _still_running(rec):
+            raise UserError(f"another invocation (pid {rec['pid']}, started {rec.get('started', '?')} UTC: "
+                            f"{shlex.join(rec.get('command', []))}) is training on '{runs}'; this one would train "
+                            "runs too. Wait for it, stop it, or use other --runs")
+
+
 def log_stopped_invocations(runs: Path) -> None:
     """Move the progress records of invocations that stopped before their end (killed, or the machine's session
     ended) into ``invocations.jsonl`` with a note; the records of invocations still running on this root (another
@@ -528,14 +547,41 @@ def log_stopped_invocations(runs: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _same_x(x: Any, k: Any) -> bool:
+    """An experiment's x value and one given on the command line (--points gives 0.05 or .05 as text)."""
+    if x == k or str(x) == str(k):
+        return True
+    try:
+        return float(x) == float(k)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_points(spec: PaperSpec, settings: Settings) -> None:
+    """Refuse --points / experiments that name no experiment or no x value of this paper (a typo would
+    otherwise run every point of that experiment, or none)."""
+    values = {**{e.key: tuple(e.x_values) for e in spec.experiments}, **spec.extra_points}
+    for key in list(settings.x_subset) + list(settings.experiments or ()):
+        if key not in values:
+            raise UserError(f"--points {key}=...: {spec.name} has no experiment '{key}' "
+                            f"(its experiments: {', '.join(values)})")
+    for key, keep in settings.x_subset.items():
+        xs = values[key]
+        bad = [k for k in keep if not any(_same_x(x, k) for x in xs)]
+        if bad:
+            raise UserError(f"--points {key}=...: no point {', '.join(repr(str(b)) for b in bad)} in experiment "
+                            f"'{key}' (its values: {', '.join(str(x) for x in xs)})")
+
+
 def plan_points(spec: PaperSpec, settings: Settings) -> tuple[list, list, list[Point], list[Point]]:
     """(experiments, plan of (experiment, x, point), points evaluated, points trained) of one invocation."""
+    check_points(spec, settings)
     exps = [e for e in spec.experiments if settings.experiments is None or e.key in settings.experiments]
     plan = []  # (experiment, x, point)
     for e in exps:
         keep = settings.x_subset.get(e.key)
         for x, p in zip(e.x_values, e.points):
-            if keep is None or x in keep or str(x) in {str(k) for k in keep}:  # --points gives 0.05 as text
+            if keep is None or any(_same_x(x, k) for k in keep):
                 plan.append((e, x, p))
     planned = list({p.name: p for _, _, p in plan}.values())
     points = list(planned)
@@ -645,6 +691,7 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
     runs.mkdir(parents=True, exist_ok=True)
     log = runs / "invocations.jsonl"
     log_stopped_invocations(runs)
+    refuse_concurrent_training(spec, settings, runs, trained)
     current = runs / RUNNING.format(pid=os.getpid())
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
 
@@ -663,7 +710,7 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
     _msg("evaluating")
     t_eval = time.perf_counter()
     evaluated = evaluate_all(spec, settings, runs, planned)
-    eval_s = time.perf_counter() - t_eval + training["evaluation_s"]
+    eval_s = time.perf_counter() - t_eval
     extra, extra_s = None, 0.0
     if spec.extra is not None:  # the paper's own studies (they may train and evaluate further runs)
         t_extra = time.perf_counter()
@@ -695,6 +742,7 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
         "convergence": {"point": spec.convergence_point, "methods": convergence(spec, settings, runs)},
         "runs": runs_info,
         "wall_s": {"total": time.perf_counter() - t0, "training": training["wall_s"], "evaluation": eval_s,
+                   "evaluation_in_training": training["evaluation_s"],
                    "trained_now": training["trained_now"], "reused": training["reused"],
                    **({"extra": extra_s} if extra is not None else {})},
         **({"extra": extra} if extra is not None else {}),
@@ -703,13 +751,18 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
     # every invocation on this runs root, so a report re-made from reused runs still shows the run that trained them
     entry = {"command": command, "mode": mode, "started": started, "jobs": settings.jobs,
              "wall_s": time.perf_counter() - t0, "trained_now": training["trained_now"], "training_s": training["wall_s"]}
+    earlier = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+    results["invocations"] = earlier + [entry]
+    results["training_compute_s"] = float(sum(r["train_wall_s"] for r in runs_info.values()))
+    # the report's own computations (LAD-TS: Opt-TS on the training workloads) belong to this invocation's wall
+    # time: write it once (they are cached in results), log the final time, and write it again with that time
+    spec.write_report(results, out)  # adds "headline" and writes report.md and the figures
+    entry["wall_s"] = results["wall_s"]["total"] = time.perf_counter() - t0
     with log.open("a") as fh:
         fh.write(json.dumps(entry) + "\n")
     current.unlink(missing_ok=True)
     results["invocations"] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-    results["training_compute_s"] = float(sum(r["train_wall_s"] for r in runs_info.values()))
-    spec.write_report(results, out)  # adds "headline" and writes report.md and the figures
-    results["wall_s"]["total"] = time.perf_counter() - t0
+    spec.write_report(results, out)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     return results
 
@@ -834,7 +887,9 @@ def invocation_lines(results: dict) -> list[str]:
     w, m = results["wall_s"], results["machine"]
     L = [f"Wall time of this invocation: {w['total']:.0f} s ({w['total'] / 60:.1f} min) on {m['cpus']} shared "
          f"cores, {w['trained_now']} runs trained or resumed now, {w['reused']} reused; training "
-         f"{w['training']:.0f} s, evaluation {w['evaluation']:.0f} s"
+         f"{w['training']:.0f} s" + (f" (runs' evaluations in their jobs included: {w['evaluation_in_training']:.0f} s)"
+                                   if w.get("evaluation_in_training", 0) >= 0.5 else "")
+         + f", evaluation {w['evaluation']:.0f} s"
          + (f", the paper's extra studies {w['extra']:.0f} s" if w.get("extra", 0) >= 0.5 else "") + ".\n"]
     inv = results.get("invocations", [])
     if inv:

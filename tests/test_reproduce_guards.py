@@ -1,0 +1,115 @@
+"""Guards and report measures of `aigc-offload reproduce` that need no training: --points validation, the
+refusal to train beside another live invocation on the same runs root, and LAD-TS's convergence episode."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from policies.errors import UserError  # noqa: E402
+from policies.reproduce import get_paper, run  # noqa: E402
+from policies.reproduce.core import RUNNING, _boot_id, plan_points  # noqa: E402
+from policies.reproduce.ladts import convergence_delays, settled_from  # noqa: E402
+
+
+# -- --points -------------------------------------------------------------------------------------------------
+def _planned(paper: str, subset: dict) -> list[str]:
+    spec = get_paper(paper)
+    _, plan, _, _ = plan_points(spec, replace(spec.full(), x_subset=subset))
+    return [p.name for _, _, p in plan]
+
+
+def test_points_select_by_value_written_any_way():
+    names = _planned("ladts", {"alpha": (".1", "0.50")})
+    assert "alpha0.1" in names and "alpha0.5" in names and "alpha0.01" not in names and "alpha0.2" not in names
+    assert "B50" not in _planned("ladts", {"stations": (10, 20, 30, 40)})
+    assert "Z20_from_default" in _planned("ladts", {"retrained": ("Z=20 default-trained",)})
+    # the keys a paper's own studies read (AIECOF's Fig. 3 panels, Fig. 4 arrival probabilities) are points too
+    assert _planned("aiecof", {"hyper": ("gamma",), "task_types": ("0.2", 1.0)})
+    with pytest.raises(UserError, match="no point 'gama' in experiment 'hyper'"):
+        _planned("aiecof", {"hyper": ("gama",)})
+
+
+@pytest.mark.parametrize("subset, words", [
+    ({"station": (10,)}, "no experiment 'station'"),  # a typo used to run every stations point, B50 among them
+    ({"alpha": (0.3,)}, "no point '0.3' in experiment 'alpha'"),  # ... and to drop the whole sweep
+    ({"stations": (10, 55)}, "no point '55'"),
+])
+def test_points_that_name_nothing_are_refused_with_the_valid_ones(subset, words):
+    with pytest.raises(UserError, match=words) as err:
+        _planned("ladts", subset)
+    assert "its " in str(err.value)  # the sentence lists what exists
+
+
+def test_cli_points_typo_exits_2_with_a_sentence(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "policies.cli", "reproduce", "ladts", "--runs", str(tmp_path / "r"),
+                          "--status", "--points", "stattions=10"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "no experiment 'stattions'" in res.stderr and "Traceback" not in res.stderr
+
+
+# -- one trainer per runs root ----------------------------------------------------------------------------
+TINY = dict(episodes=2, eval_episodes=1, jobs=1, preset_overrides={"slots_per_episode": 3},
+            algo_overrides={"batch_size": 8, "learning_starts": 4, "hidden": 8, "checkpoint_every": 1})
+
+
+def test_an_invocation_that_would_train_beside_a_live_one_on_the_same_root_is_refused(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (runs / RUNNING.format(pid=other.pid)).write_text(json.dumps(
+            {"command": ["aigc-offload", "reproduce", "mato"], "mode": "full", "started": "2026-01-01 00:00:00",
+             "wall_s": 1.0, "trained_now": 0, "training_s": 0.0, "updated": "2026-01-01 00:00:01",
+             "pid": other.pid, "boot": _boot_id()}))
+        with pytest.raises(UserError, match=f"another invocation \\(pid {other.pid}.*is training on"):
+            run("mato", quick=True, seeds=1, out=tmp_path / "report", runs=runs, **TINY)
+        assert not any(runs.glob("*/*/metrics.csv"))  # refused before anything was trained
+    finally:
+        other.kill()
+        other.wait()
+    # the same record once its process is gone: logged as stopped, and this invocation trains
+    res = run("mato", quick=True, seeds=1, out=tmp_path / "report", runs=runs, **TINY)
+    assert res["wall_s"]["trained_now"] > 0
+    assert any("stopped before its end" in i.get("note", "") for i in res["invocations"])
+    # the logged wall time of an invocation is the one its report prints (report writing included)
+    assert res["invocations"][-1]["wall_s"] == res["wall_s"]["total"]
+    assert f"Wall time of this invocation: {res['wall_s']['total']:.0f} s" in (tmp_path / "report" / "report.md").read_text()
+    assert not list(runs.glob(RUNNING.format(pid="*")))
+    # beside a live invocation, one that only reuses finished runs (a report re-made) goes on
+    mine = runs / RUNNING.format(pid=os.getppid())
+    mine.write_text(json.dumps({"command": ["x"], "mode": "full", "started": "2026-01-01 00:00:00", "wall_s": 1.0,
+                                "trained_now": 0, "training_s": 0.0, "updated": "2026-01-01 00:00:01",
+                                "pid": os.getppid(), "boot": _boot_id()}))
+    again = run("mato", quick=True, seeds=1, out=tmp_path / "report2", runs=runs, **TINY)
+    assert again["wall_s"]["trained_now"] == 0 and mine.exists()
+
+
+# -- LAD-TS: episodes to converge -------------------------------------------------------------------------
+def test_settled_from_is_the_start_of_the_last_stretch_within_the_band():
+    assert settled_from([2.0, 1.2, 1.0, 1.03, 0.98, 1.0, 1.0, 1.0, 1.0, 1.0]) == 2
+    # touching the band early and leaving it again does not count
+    assert settled_from([2.0, 1.0, 1.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]) == 3
+    assert settled_from([1.0] * 10) == 0
+    assert settled_from([1.0] * 19 + [2.0]) is None and settled_from([]) is None  # no value near the tail mean 1.5
+
+
+def test_ladts_convergence_uses_the_ratio_to_opt_on_the_same_workloads():
+    episodes = list(range(9, 29))  # window ends (0-based) of a 10-episode mean
+    opt = [5.0 + (3.0 if e % 2 else 0.0) for e in episodes]  # the workloads alternate light and heavy
+    lad = [o * (1.3 if e < 14 else 1.02) for e, o in zip(episodes, opt)]  # within 2% of Opt-TS from episode 14 on
+    results = {"convergence": {"methods": {"ladts": {
+        "episode": episodes, "reward_mean": [-v for v in lad], "reward_std": [0.0] * len(lad),
+        "final_reward": {"mean": -sum(lad[-2:]) / 2, "std": 0.0}}}},
+        "convergence_opt": {"episode": episodes, "delay": opt, "std": [0.0] * len(opt)}}
+    c = convergence_delays(results)["ladts"]
+    assert c["converged_by"] == "ratio to Opt-TS" and c["converged_at"] == 15  # 1-based: window end 14
+    # the raw delay swings with the workload: it first touches its band early and leaves it again
+    assert c["first_within"] == 11
+    del results["convergence_opt"]
+    assert convergence_delays(results)["ladts"]["converged_by"] == "delay"
