@@ -113,3 +113,19 @@ def test_ladts_convergence_uses_the_ratio_to_opt_on_the_same_workloads():
     assert c["first_within"] == 11
     del results["convergence_opt"]
     assert convergence_delays(results)["ladts"]["converged_by"] == "delay"
+
+
+# -- AIECOF's Fig. 3 study reuses a finished variant run only if it was trained as asked ------------------------
+def test_aiecof_hyper_study_refuses_a_finished_variant_run_of_other_settings(tmp_path):
+    from policies.reproduce.aiecof import HYPER_PANELS, MAIN, _dirname, _hyper
+    from policies.train.registry import train
+
+    variant = HYPER_PANELS["gamma"][1][0]  # gamma 0.0: not the default, so it has its own run directory
+    tiny = {"slots_per_episode": 3, "batch_size": 8}
+    d = tmp_path / "runs" / "hyper" / f"{_dirname(variant)}_s0"
+    train("toppo", "aiecof", 0, d, {**MAIN.preset_overrides, **tiny, "hidden": 16, **variant}, episodes=1,
+          progress=False)  # trained with hidden 16; the invocation below asks for the default width
+    settings = replace(get_paper("aiecof").full(), seeds=1, episodes=1, jobs=1, x_subset={"hyper": ("gamma",)},
+                       algo_overrides={"batch_size": 8}, preset_overrides={"slots_per_episode": 3})
+    with pytest.raises(UserError, match="trained with other settings"):
+        _hyper(settings, tmp_path / "runs", ["test"])

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from policies.reproduce.core import (EVAL_SEED_BASE, Experiment, Method, PaperSpec, Point, Settings, _msg, _stats,
-                                     _train_job, invocation_lines, read_metrics, run_finished,
+                                     _train_job, check_reused_run, invocation_lines, read_metrics, run_finished,
                                      training_and_runs_sections, transferred_points)
 from policies.reproduce.png import Panel, Series, figure
 
@@ -191,10 +191,12 @@ def _hyper(settings: Settings, runs: Path, command: list[str]) -> dict:
             for seed in range(min(settings.seeds, HYPER_SEEDS)):
                 d = runs / MAIN.name / f"toppo_s{seed}" if default else runs / "hyper" / f"{_dirname(variant)}_s{seed}"
                 dirs.append(d)
-                if not default and not run_finished(d, settings.episodes) and all(j["out"] != str(d) for j in jobs):
+                overrides = {**base, **settings.algo_overrides, **({} if default else variant)}
+                if run_finished(d, settings.episodes):  # reused only if trained as this invocation would train it
+                    check_reused_run(d, "toppo", "aiecof", overrides, settings.episodes)
+                elif not default and all(j["out"] != str(d) for j in jobs):
                     jobs.append({"algo": "toppo", "scenario": "aiecof", "seed": seed, "out": str(d),
-                                 "episodes": settings.episodes, "command": command,
-                                 "overrides": {**base, **settings.algo_overrides, **variant}})
+                                 "episodes": settings.episodes, "command": command, "overrides": overrides})
             plan.append((panel, variant, default, dirs))
     _msg(f"Fig. 3 study: {len(jobs)} TOPPO variant runs to train or resume")
     t0 = time.perf_counter()
@@ -265,7 +267,9 @@ def _cpu_util(settings: Settings, runs: Path, command: list[str]) -> dict:
     jobs = []
     early = [runs / "cpu_util" / f"toppo_ep1_s{seed}" for seed in range(settings.seeds)]
     for seed, d in enumerate(early):
-        if not run_finished(d, 1):
+        if run_finished(d, 1):
+            check_reused_run(d, "toppo", "aiecof", {**base, **settings.algo_overrides}, 1)
+        else:
             jobs.append({"algo": "toppo", "scenario": "aiecof", "seed": seed, "out": str(d), "episodes": 1,
                          "command": command, "overrides": {**base, **settings.algo_overrides}})
     _train_jobs(jobs, 1)
