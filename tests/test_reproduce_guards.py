@@ -129,3 +129,16 @@ def test_aiecof_hyper_study_refuses_a_finished_variant_run_of_other_settings(tmp
                        algo_overrides={"batch_size": 8}, preset_overrides={"slots_per_episode": 3})
     with pytest.raises(UserError, match="trained with other settings"):
         _hyper(settings, tmp_path / "runs", ["test"])
+
+
+def test_a_finished_run_that_cannot_be_evaluated_fails_the_invocation_before_any_training(tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    run("mato", quick=True, seeds=1, out=tmp_path / "report", runs=runs, **TINY)
+    kept, gone = sorted(runs.glob("*/*/checkpoint.pt"))[:2]
+    kept.unlink()  # finished, evaluated under these settings only: its cache does not fit eval_episodes=2
+    shutil.rmtree(gone.parent)  # a run to train again
+    with pytest.raises(UserError, match="has no checkpoint.pt"):
+        run("mato", quick=True, seeds=1, out=tmp_path / "report2", runs=runs, **{**TINY, "eval_episodes": 2})
+    assert not gone.parent.exists()  # refused before training it

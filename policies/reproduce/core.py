@@ -422,14 +422,17 @@ def _evaluate_job(job: dict, spec: PaperSpec | None = None) -> tuple[str, dict, 
         torch.set_num_threads(threads)
 
 
-def _check_evaluable(spec: PaperSpec, settings: Settings, runs: Path, point: Point) -> None:
+def _check_evaluable(spec: PaperSpec, settings: Settings, runs: Path, point: Point, finished_only: bool = False) -> None:
     """Fail before any work if a trained run of ``point`` has neither a matching cached evaluation nor its
-    checkpoint."""
+    checkpoint (``finished_only``: among the runs already finished, checked before training so that the
+    invocation does not fail after hours of training the others)."""
     src = policy_source(spec, point)
     for m in point_methods(spec, point):
         if m.trained:
             for seed in range(settings.seeds):
                 d = runs / src.name / f"{m.key}_s{seed}"
+                if finished_only and not run_finished(d, settings.episodes):
+                    continue
                 if not (d / "checkpoint.pt").exists() and \
                         cached_run_evaluation(spec, settings, point, m, seed, d) is None:
                     raise _needs_checkpoint(d, point)
@@ -692,6 +695,8 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
     log = runs / "invocations.jsonl"
     log_stopped_invocations(runs)
     refuse_concurrent_training(spec, settings, runs, trained)
+    for p in planned:
+        _check_evaluable(spec, settings, runs, p, finished_only=True)
     current = runs / RUNNING.format(pid=os.getpid())
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
 
