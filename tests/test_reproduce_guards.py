@@ -142,3 +142,25 @@ def test_a_finished_run_that_cannot_be_evaluated_fails_the_invocation_before_any
     with pytest.raises(UserError, match="has no checkpoint.pt"):
         run("mato", quick=True, seeds=1, out=tmp_path / "report2", runs=runs, **{**TINY, "eval_episodes": 2})
     assert not gone.parent.exists()  # refused before training it
+
+
+def test_convergence_curves_of_seeds_of_different_lengths_share_their_episodes(tmp_path):
+    import csv
+
+    from policies.reproduce.core import convergence
+
+    spec = get_paper("mato")
+    settings = replace(spec.full(), seeds=2, smooth=3)
+    for m in spec.methods:
+        if not m.trained:
+            continue
+        for seed, n in ((0, 6), (1, 8)):  # the last seed ran longer than the first
+            d = tmp_path / spec.convergence_point / f"{m.key}_s{seed}"
+            d.mkdir(parents=True)
+            with (d / "metrics.csv").open("w", newline="") as fh:
+                w = csv.DictWriter(fh, ["episode", "reward"])
+                w.writeheader()
+                w.writerows({"episode": e, "reward": float(e)} for e in range(n))
+    c = next(iter(convergence(spec, settings, tmp_path).values()))
+    # episodes 0..5 of both seeds, 3-episode means ending at episodes 2..5
+    assert c["episode"] == [2, 3, 4, 5] and c["reward_mean"] == pytest.approx([1.0, 2.0, 3.0, 4.0]) and c["window"] == 3

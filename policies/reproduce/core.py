@@ -469,16 +469,12 @@ def convergence(spec: PaperSpec, settings: Settings, runs: Path) -> dict:
     for m in spec.methods:
         if not m.trained:
             continue
-        curves = []
-        for seed in range(settings.seeds):
-            rows = read_metrics(runs / spec.convergence_point / f"{m.key}_s{seed}")
-            r = np.array([x["reward"] for x in rows])
-            w = max(1, min(settings.smooth, len(r)))
-            sm = np.convolve(r, np.ones(w) / w, mode="valid")
-            curves.append(sm)
-        n = min(len(c) for c in curves)
-        arr = np.stack([c[:n] for c in curves])
-        w = len(rows) - n + 1
+        rewards = [np.array([x["reward"] for x in read_metrics(runs / spec.convergence_point / f"{m.key}_s{seed}")])
+                   for seed in range(settings.seeds)]
+        length = min(len(r) for r in rewards)  # the seeds' common episodes, so every window holds the same ones
+        w = max(1, min(settings.smooth, length))
+        arr = np.stack([np.convolve(r[:length], np.ones(w) / w, mode="valid") for r in rewards])
+        n = arr.shape[1]
         tail = max(1, n // 10)
         res[m.key] = {"episode": [int(i + w - 1) for i in range(n)], "reward_mean": arr.mean(0).tolist(),
                       "reward_std": arr.std(0).tolist(), "window": int(w),
