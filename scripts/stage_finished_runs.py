@@ -30,12 +30,23 @@ def main(argv: list[str] | None = None) -> int:
     paths: list[Path] = []
     runs = [d for d in sorted(args.runs.glob("*/*")) if d.is_dir()]
     done = [d for d in runs if run_finished(d, args.episodes)]
+    # cached evaluations committed earlier and gone now (a run retrained from scratch drops the caches of the
+    # policy it replaced): their removal is staged with the run, or a clone would evaluate the new run with them
+    tracked = subprocess.run(["git", "ls-files", "-z", "--", str(args.runs)], check=True, capture_output=True,
+                             text=True).stdout.split("\0")
+    gone: dict[Path, list[Path]] = {}
+    for f in map(Path, filter(None, tracked)):
+        if f.name.startswith("evaluation.") and not f.exists():
+            gone.setdefault(f.parent.resolve(), []).append(f)
     for d in done:
-        paths += [d / "config.json", d / "metrics.csv", *sorted(d.glob("evaluation.*.json"))]
+        paths += [d / "config.json", d / "metrics.csv", *sorted(d.glob("evaluation.*.json")), *gone.get(d.resolve(), [])]
     if paths:
         subprocess.run(["git", "add", "--", *map(str, paths)], check=True)
     # the invocation log and the progress records, a record's removal included (the next invocation logs it)
-    subprocess.run(["git", "add", "-A", "--", str(args.runs / "invocation*")], check=True)
+    records = sorted(args.runs.glob("invocation*")) + [
+        f for f in map(Path, filter(None, tracked)) if f.name.startswith("invocation") and not f.exists()]
+    if records:
+        subprocess.run(["git", "add", "-A", "--", *map(str, records)], check=True)
     print(f"staged {len(done)} finished runs of {len(runs)} with "
           f"{sum(len(list(d.glob('evaluation.*.json'))) for d in done)} cached evaluations under {args.runs}")
     return 0

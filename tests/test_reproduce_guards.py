@@ -164,3 +164,18 @@ def test_convergence_curves_of_seeds_of_different_lengths_share_their_episodes(t
     c = next(iter(convergence(spec, settings, tmp_path).values()))
     # episodes 0..5 of both seeds, 3-episode means ending at episodes 2..5
     assert c["episode"] == [2, 3, 4, 5] and c["reward_mean"] == pytest.approx([1.0, 2.0, 3.0, 4.0]) and c["window"] == 3
+
+
+def test_a_run_retrained_from_scratch_drops_the_cached_evaluations_of_the_policy_it_replaces(tmp_path):
+    from policies.reproduce.core import eval_cache_path
+
+    runs = tmp_path / "runs"
+    run("mato", quick=True, seeds=1, out=tmp_path / "report", runs=runs, **TINY)
+    ckpt = sorted(runs.glob("*/*/checkpoint.pt"))[0]
+    d = ckpt.parent
+    ckpt.unlink()
+    eval_cache_path(d, d.parent.name).unlink()  # neither policy nor its own evaluation: it trains again
+    stale = d / "evaluation.elsewhere.json"
+    stale.write_text("{}\n")  # what the replaced policy measured at another point
+    again = run("mato", quick=True, seeds=1, out=tmp_path / "report2", runs=runs, **TINY)
+    assert again["wall_s"]["trained_now"] == 1 and not stale.exists() and eval_cache_path(d, d.parent.name).exists()

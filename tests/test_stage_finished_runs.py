@@ -40,3 +40,19 @@ def test_a_missing_root_is_a_sentence_and_exit_2(tmp_path):
     res = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nothing"), "--episodes", "5"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "is not a directory" in res.stderr
+
+
+def test_the_removal_of_a_committed_cache_is_staged_with_its_finished_run(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    runs = tmp_path / "runs"
+    d = _run(runs, "P/a_s0", 5, checkpoint=True)
+    for name in ("evaluation.P.json", "evaluation.Z.json"):
+        (d / name).write_text("{}\n")
+    subprocess.run(["git", "add", "."], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], cwd=tmp_path, check=True)
+    (d / "evaluation.Z.json").unlink()  # retrained from scratch since: the old policy's cache is gone
+    subprocess.run([sys.executable, str(SCRIPT), "runs", "--episodes", "5"], cwd=tmp_path, check=True,
+                   capture_output=True, text=True)
+    staged = subprocess.run(["git", "diff", "--cached", "--name-status"], cwd=tmp_path, check=True,
+                            capture_output=True, text=True).stdout.split("\n")
+    assert "D\truns/P/a_s0/evaluation.Z.json" in staged

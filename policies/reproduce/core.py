@@ -147,6 +147,9 @@ def _train_job(job: dict, spec: "PaperSpec | None" = None) -> dict:
     out = Path(job["out"])
     t0 = time.perf_counter()
     if not job.get("evaluate_only"):
+        if not (out / "checkpoint.pt").exists():  # a run (re)trained from scratch: its cached evaluations, if
+            for old in out.glob("evaluation.*.json"):  # any, measured another policy
+                old.unlink()
         train(job["algo"], job["scenario"], job["seed"], out, job["overrides"], episodes=job["episodes"],
               command=job["command"], progress=False)
     session_s = time.perf_counter() - t0
