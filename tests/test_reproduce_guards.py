@@ -179,3 +179,10 @@ def test_a_run_retrained_from_scratch_drops_the_cached_evaluations_of_the_policy
     stale.write_text("{}\n")  # what the replaced policy measured at another point
     again = run("mato", quick=True, seeds=1, out=tmp_path / "report2", runs=runs, **TINY)
     assert again["wall_s"]["trained_now"] == 1 and not stale.exists() and eval_cache_path(d, d.parent.name).exists()
+
+
+def test_a_finished_run_longer_than_asked_is_refused_not_reused(tmp_path):
+    runs = tmp_path / "runs"
+    run("mato", quick=True, seeds=1, out=tmp_path / "report", runs=runs, **TINY)
+    with pytest.raises(UserError, match="is a finished run of 2 episodes and this invocation asks for 1"):
+        run("mato", quick=True, seeds=1, out=tmp_path / "report2", runs=runs, **{**TINY, "episodes": 1})

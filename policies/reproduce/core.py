@@ -313,6 +313,9 @@ def train_all(spec: PaperSpec, settings: Settings, runs: Path, points: list[Poin
                "paper": spec.name, "settings": settings, "evaluate": points_evaluating(spec, list(evaluate), point, m)}
         if run_finished(out, settings.episodes):
             check_reused_run(out, m.key, spec.scenario, overrides, settings.episodes)
+            if (done := len(read_metrics(out))) > settings.episodes:  # its policy and curves are of a longer run
+                raise UserError(f"'{out}' is a finished run of {done} episodes and this invocation asks for "
+                                f"{settings.episodes}; use --episodes {done} or another --runs root")
             # a reused run not yet evaluated at every point is evaluated first, while its checkpoint is here
             job["evaluate"] = [p for p in job["evaluate"] if (out / "checkpoint.pt").exists()
                                and cached_run_evaluation(spec, settings, p, m, seed, out) is None]
