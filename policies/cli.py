@@ -209,7 +209,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "train":
         from policies.bench import bench_train_ladts, format_bench_train
 
-        res = bench_train_ladts(episodes=args.episodes, overrides=_parse_overrides(args.set))
+        res = bench_train_ladts(episodes=args.episodes, overrides=_parse_overrides(args.set), reference=args.reference)
         print(json.dumps(res) if args.json else format_bench_train(res))
         return 0
     from policies.bench import bench_env, format_bench_env
@@ -402,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["env", "decision", "e2e", "train"],
                    help="env: simulator throughput and the LAD-TS Opt-TS episode time; train: LAD-TS training seconds "
                         "per episode at the paper's default point (1 and 3 updates per slot) against the authors' "
-                        "code's 78 s; decision: exported policies' "
+                        "code's 78 s (and, with --reference, against a reference trainer in the authors' loop "
+                        "structure timed in the same process); decision: exported policies' "
                         "per-decision latency, onnxruntime vs torch, and batch throughput; e2e: request -> decision "
                         "at the device over MQTT and OPC UA through the whole graph, with the protocol floors")
     p.add_argument("--rate", type=float, default=500.0, help="e2e: requests per second per protocol")
@@ -416,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e2e: override a deployment field (dotted keys), e.g. execution_nice=0; train: a preset or "
                         "algorithm setting as in `train --set`")
     p.add_argument("--episodes", type=_positive_int, default=3, help="train: measured episodes per setting")
+    p.add_argument("--reference", action="store_true",
+                   help="train: also time the reference trainer (policies/train/ladts_reference.py: the authors' "
+                        "loop structure, one single-sample actor call per task, one update per station per slot) in "
+                        "this process, interleaved episode by episode with ours, and print the speed-up against it "
+                        "beside the one against 78 s. Takes a few minutes: a reference episode at the default point "
+                        "is tens of seconds to minutes of CPU, and it trains a fill episode plus --episodes")
     p.add_argument("--decisions", type=_positive_int, default=10_000, help="decision: timed single decisions per engine")
     p.add_argument("--decision-batch", type=_positive_int, default=1024, help="decision: tasks per batch for throughput")
     p.add_argument("--json", action="store_true")
