@@ -209,7 +209,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "train":
         from policies.bench import bench_train_ladts, format_bench_train
 
-        res = bench_train_ladts(episodes=args.episodes, overrides=_parse_overrides(args.set), reference=args.reference)
+        try:
+            ups = tuple(int(v) for v in args.updates_per_slot.split(","))
+        except ValueError:
+            raise UserError(f"--updates-per-slot expects positive integers like 1,2,3, got '{args.updates_per_slot}'") from None
+        if not ups or min(ups) < 1:
+            raise UserError(f"--updates-per-slot expects positive integers like 1,2,3, got '{args.updates_per_slot}'")
+        res = bench_train_ladts(episodes=args.episodes, updates_per_slot=ups, overrides=_parse_overrides(args.set),
+                                reference=args.reference)
         print(json.dumps(res) if args.json else format_bench_train(res))
         return 0
     from policies.bench import bench_env, format_bench_env
@@ -423,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "this process, interleaved episode by episode with ours, and print the speed-up against it "
                         "beside the one against 78 s. Takes a few minutes: a reference episode at the default point "
                         "is tens of seconds to minutes of CPU, and it trains a fill episode plus --episodes")
+    p.add_argument("--updates-per-slot", default="1,3", metavar="U1,U2",
+                   help="train: the settings of ours to time (updates per station per slot; default 1,3)")
     p.add_argument("--decisions", type=_positive_int, default=10_000, help="decision: timed single decisions per engine")
     p.add_argument("--decision-batch", type=_positive_int, default=1024, help="decision: tasks per batch for throughput")
     p.add_argument("--json", action="store_true")

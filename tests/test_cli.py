@@ -97,6 +97,12 @@ def test_bench_train_times_both_update_rates_on_a_small_scene():
         assert r["cpu_s_per_episode"] > 0 and r["speedup_vs_authors_cpu"] == pytest.approx(78.0 / r["cpu_s_per_episode"])
     bad = run("bench", "train", "--episodes", "1", *tiny[:4], "--set", "learning_starts=100000")
     assert bad.returncode == 2 and "no episode" in bad.stderr and "Traceback" not in bad.stderr
+    two = json.loads(run("bench", "train", "--episodes", "1", *tiny, "--updates-per-slot", "2", "--json",
+                         check=True).stdout)
+    assert list(two["settings"]) == ["2"] and two["settings"]["2"]["updates_per_episode"] > 0
+    for arg in ("0", "two", "1,,3"):
+        bad = run("bench", "train", "--updates-per-slot", arg)
+        assert bad.returncode == 2 and "--updates-per-slot expects positive integers" in bad.stderr, arg
 
 
 def test_bench_env_json_shape():
