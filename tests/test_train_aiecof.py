@@ -21,7 +21,7 @@ from policies.train.aiecof_ac import Segments, segment_targets  # noqa: E402
 from policies.train.aiecof_dqn import QNet, dueling_combine, td_target  # noqa: E402
 from policies.train.registry import ALGOS, train  # noqa: E402
 from policies.train.toppo import (ActorLSTM, CriticLSTM, chunk_sequences, clipped_surrogate, gae,  # noqa: E402
-                                  sequence_last)
+                                  gae_per_device)
 
 AIECOF_ALGOS = sorted(a for a, spec in ALGOS.items() if spec.scenario == "aiecof")
 TINY_PRESET = {"num_devices": 4, "num_edges": 2, "slots_per_episode": 8}
@@ -63,6 +63,26 @@ def test_gae_by_hand_over_two_sequences():
     np.testing.assert_allclose(adv1[:3], [1 + g * 2 + g * g * 3 - 0.5, 2 + g * 3 - 1.0, 3 - 1.5])
 
 
+def test_gae_runs_over_each_devices_own_decisions_when_the_batch_interleaves_them():
+    # an episode's batch is slot by slot: devices 0 and 1 alternate. Device 0's advantage discounts its own next
+    # decision only, never device 1's (which sits next to it in the batch), and each device ends with value 0
+    dev = np.array([0, 1, 0, 1, 0])
+    r = np.array([1.0, 100.0, 2.0, 200.0, 3.0])
+    v = np.array([0.5, 10.0, 1.0, 20.0, 1.5])
+    g, lam = 0.9, 0.8
+    adv, ret = gae_per_device(r, v, dev, g, lam)
+    a0, _ = gae(r[[0, 2, 4]], v[[0, 2, 4]], np.array([False, False, True]), g, lam)
+    a1, _ = gae(r[[1, 3]], v[[1, 3]], np.array([False, True]), g, lam)
+    np.testing.assert_allclose(adv[[0, 2, 4]], a0)
+    np.testing.assert_allclose(adv[[1, 3]], a1)
+    np.testing.assert_allclose(ret, adv + v)
+    assert adv[0] == pytest.approx((1 + g * 1.0 - 0.5) + g * lam * (2 + g * 1.5 - 1.0) + (g * lam) ** 2 * (3 - 1.5))
+    # the batch's order is kept: a contiguous layout gives gae's own result
+    dev_c = np.array([0, 0, 0, 1, 1])
+    np.testing.assert_allclose(gae_per_device(r, v, dev_c, g, lam)[0],
+                               gae(r, v, np.array([False, False, True, False, True]), g, lam)[0])
+
+
 def test_clipped_surrogate_values_and_gradients():
     eps = 0.2
     old = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5]))
@@ -86,7 +106,6 @@ def test_clipped_surrogate_values_and_gradients():
 
 def test_chunks_and_sequence_ends():
     dev = np.array([2, 0, 2, 1, 2, 0, 2])  # decisions in time order
-    assert sequence_last(dev).tolist() == [False, False, False, True, False, True, True]
     chunks = chunk_sequences(dev, 2)
     assert [c.tolist() for c in chunks] == [[1, 5], [3], [0, 2], [4, 6]]
 

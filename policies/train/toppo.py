@@ -142,6 +142,22 @@ def gae(rewards: np.ndarray, values: np.ndarray, last: np.ndarray, gamma: float,
     return adv, adv + np.asarray(values, dtype=np.float64)
 
 
+def gae_per_device(rewards: np.ndarray, values: np.ndarray, device: np.ndarray, gamma: float, lam: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`gae` over each device's own decisions, for decisions in time order with the devices interleaved
+    (an episode's batch is slot by slot, ~18 devices per slot at M = 30): a stable sort by device lays every
+    device's sequence end to end in time order, :func:`gae` runs there, and the results go back to the batch's
+    order. Without it a device's advantage would bootstrap from, and sum, the other devices' next decisions."""
+    order = np.argsort(np.asarray(device), kind="stable")
+    dev = np.asarray(device)[order]
+    last = np.ones(dev.size, dtype=bool)
+    last[:-1] = dev[1:] != dev[:-1]  # a device's final decision ends its run in the sorted order
+    adv_sorted, _ = gae(np.asarray(rewards)[order], np.asarray(values)[order], last, gamma, lam)
+    adv = np.empty_like(adv_sorted)
+    adv[order] = adv_sorted
+    return adv, adv + np.asarray(values, dtype=np.float64)
+
+
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, eps: float,
                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 36 as a loss to minimise: -E[min(r A, clip(r, 1 - eps, 1 + eps) A)], r = pi / pi_old.
@@ -164,17 +180,6 @@ def chunk_sequences(device: np.ndarray, seq_len: int) -> list[np.ndarray]:
     for seq in np.split(order, bounds):
         chunks += [seq[i:i + seq_len] for i in range(0, seq.size, seq_len)]
     return chunks
-
-
-def sequence_last(device: np.ndarray) -> np.ndarray:
-    """For decisions in time order: True where it is the device's last decision of the episode."""
-    last = np.zeros(device.size, dtype=bool)
-    seen: set[int] = set()
-    for i in range(device.size - 1, -1, -1):
-        if int(device[i]) not in seen:
-            last[i] = True
-            seen.add(int(device[i]))
-    return last
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -243,8 +248,7 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
         """Algorithm 1 lines 11-18 on the episode's decisions: GAE per device sequence, then ``epochs``
         passes of clipped-surrogate (actor) and squared-error (critic) minibatch steps on BPTT chunks."""
         dev = b["dev"].numpy()
-        last = sequence_last(dev)
-        adv, ret = gae(b["rew"].numpy(), b["val"].numpy(), last, cfg.gamma, cfg.gae_lambda)
+        adv, ret = gae_per_device(b["rew"].numpy(), b["val"].numpy(), dev, cfg.gamma, cfg.gae_lambda)
         adv_t, ret_t = torch.from_numpy(adv).float(), torch.from_numpy(ret).float()
         chunks = chunk_sequences(dev, cfg.seq_len)
         L = cfg.seq_len
