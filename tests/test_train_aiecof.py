@@ -377,3 +377,36 @@ def test_fig9_scales_from_04_evaluate_the_m30_runs(quick):
     assert pts["0.5"]["methods"]["greedy"]["reward"] == pts["1.0"]["methods"]["greedy"]["reward"]  # the same MDP
     text = (root / "report3" / "report.md").read_text()
     assert "Not retrained: at ES CPU scale s = 0.5 (points `M30_s0.5`)" in text
+
+
+def test_dqn_keeps_every_decision_when_an_episode_ends_on_a_slot_without_tasks(tmp_path):
+    # sparse arrivals on a short episode: several episodes end on an empty slot, whose devices' last decisions
+    # (the terminal transitions) used to be dropped with the next episode's reset
+    from policies.scenarios import make_simulator
+    from policies.scenarios.base import OffloadDecision
+    from policies.train.common import load_checkpoint
+    from policies.train.toppo import TRAIN_WORKLOAD_STREAM
+    from policies.workload import episode_rng
+
+    preset = {"num_devices": 2, "arrival_prob_a": 0.3, "arrival_prob_b": 0.3, "slots_per_episode": 6}
+    episodes = 8
+    train("aiecof_dqn", "aiecof", 0, tmp_path / "run", {**preset, "learning_starts": 10_000, "checkpoint_every": 1},
+          episodes=episodes, progress=False)
+    sim = make_simulator("aiecof", preset)
+    decisions, ends, empty_last = 0, 0, 0
+    for ep in range(episodes):
+        sim.reset(sim.generate_workload(episode_rng(0, ep, TRAIN_WORKLOAD_STREAM), ep))
+        acted: set[int] = set()
+        last_n = 0
+        while not sim.done:
+            view = sim.view()
+            decisions += view.n
+            acted.update(int(m) for m in view.source)
+            last_n = view.n
+            sim.step(OffloadDecision(target=np.zeros(view.n, dtype=np.int64)))
+        ends += len(acted)
+        empty_last += last_n == 0
+    assert empty_last >= 2  # the case under test happens
+    buf = load_checkpoint(tmp_path / "run")["buffer"]
+    assert buf["size"] == decisions  # one transition per decision
+    assert int(buf["data"]["done"].sum()) == ends  # each device's last decision of each episode is terminal

@@ -213,6 +213,11 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                 if view.n == 0:
                     sim.step(OffloadDecision(target=np.zeros(0, dtype=np.int64)))
                     global_step += 1
+                    if sim.done:  # the episode ends on a slot without tasks: the devices' open segments end here
+                        ready += segments.flush()
+                        while len(ready) >= cfg.batch_size:
+                            losses.append(update(ready[:cfg.batch_size]))
+                            ready = ready[cfg.batch_size:]
                     continue
                 obs = sim.observation(view)
                 with torch.no_grad():

@@ -167,6 +167,9 @@ def train(algo: str, sim, preset_name: str, cfg: Config, seed: int, out: Path, c
                 if view.n == 0:
                     sim.step(OffloadDecision(target=np.zeros(0, dtype=np.int64)))
                     global_step += 1
+                    if sim.done:  # the episode ends on a slot without tasks: the devices' last decisions end here
+                        if store(pending.flush()) and len(buffer) >= max(cfg.learning_starts, cfg.batch_size):
+                            losses.append(update())
                     continue
                 obs = sim.observation(view)
                 with torch.no_grad():
