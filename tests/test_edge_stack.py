@@ -201,8 +201,8 @@ def stop_nodes(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
     for p in procs:
-        try:
-            log, _ = p.communicate(timeout=10)
+        try:  # generous: on a 2-core machine shared with training, a node's exit once took more than 10 s
+            log, _ = p.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
             log, _ = p.communicate(timeout=5)
