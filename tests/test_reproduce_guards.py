@@ -186,3 +186,13 @@ def test_a_finished_run_longer_than_asked_is_refused_not_reused(tmp_path):
     run("mato", quick=True, seeds=1, out=tmp_path / "report", runs=runs, **TINY)
     with pytest.raises(UserError, match="is a finished run of 2 episodes and this invocation asks for 1"):
         run("mato", quick=True, seeds=1, out=tmp_path / "report2", runs=runs, **{**TINY, "episodes": 1})
+
+
+def test_a_record_whose_pid_now_names_another_process_is_not_alive():
+    from policies.reproduce.core import _process_start, _still_running
+
+    me = os.getpid()
+    rec = {"pid": me, "boot": _boot_id(), "process_start": _process_start(me)}
+    assert rec["process_start"] and _still_running(rec)
+    assert not _still_running({**rec, "process_start": str(int(rec["process_start"]) - 1)})  # pid reused since
+    assert _still_running({"pid": me, "boot": _boot_id()})  # records written before the start time was kept

@@ -499,9 +499,22 @@ def _boot_id() -> str:
         return ""
 
 
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), None where unreadable:
+    with the pid it names one process, where a pid alone may have been reused since."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # fields after the command name, which may hold spaces
+
+
 def _still_running(rec: dict) -> bool:
-    """The record's invocation is alive: same boot of this machine and its process exists."""
+    """The record's invocation is alive: same boot of this machine, its process exists and, where the record
+    has it, started when the recorded one did (not another process that got its pid)."""
     if "pid" not in rec or rec.get("boot") != _boot_id():
+        return False
+    if rec.get("process_start") is not None and _process_start(int(rec["pid"])) != rec["process_start"]:
         return False
     try:
         os.kill(int(rec["pid"]), 0)
@@ -707,7 +720,8 @@ def reproduce(spec: PaperSpec, settings: Settings, out: Path, runs: Path, comman
         entry = {"command": command, "mode": mode, "started": started, "jobs": settings.jobs,
                  "wall_s": time.perf_counter() - t0,
                  "trained_now": trained_now, "training_s": training_s,
-                 "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "pid": os.getpid(), "boot": _boot_id()}
+                 "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "pid": os.getpid(), "boot": _boot_id(),
+                 "process_start": _process_start(os.getpid())}
         tmp = current.with_suffix(".tmp")
         tmp.write_text(json.dumps(entry) + "\n")
         os.replace(tmp, current)
